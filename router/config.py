@@ -1,0 +1,280 @@
+"""The router config (``configs/router.yaml``): one pydantic model, loaded once per process.
+
+``model_list`` is LiteLLM's own format, passed to ``litellm.Router`` unchanged: one model group per
+tier (``model_name`` is the tier), each deployment with its per-token prices. The other sections
+are the router's own. Unknown keys are errors (a typo must not silently fall back to a default),
+except inside ``litellm_params``, which LiteLLM owns.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from router.errors import ConfigError
+from router.tiers import TIERS, Tier
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LiteLLMParams(BaseModel):
+    """``litellm_params`` of one deployment. Extra LiteLLM keys (rpm, max_retries...) pass through.
+
+    Prices are USD per token and required: the router reports cost per call from them.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    model: str = Field(min_length=1, description="LiteLLM model string, e.g. openai/gpt-4o")
+    api_base: str | None = None
+    api_key: str | None = None
+    input_cost_per_token: float = Field(ge=0.0)
+    output_cost_per_token: float = Field(ge=0.0)
+    timeout: float | None = Field(default=None, gt=0.0, description="seconds")
+
+    @field_validator("api_base")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parsed = urlparse(value)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value
+
+
+class ModelInfo(BaseModel):
+    """``model_info`` of one deployment. ``id`` names the deployment in logs and metrics."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str | None = None
+
+
+class Deployment(_Strict):
+    """One entry of LiteLLM's ``model_list``: a tier served by one provider."""
+
+    model_name: Tier
+    litellm_params: LiteLLMParams
+    model_info: ModelInfo = ModelInfo()
+
+    @property
+    def provider(self) -> str:
+        """The provider's name: the ``/p/<provider>/`` path segment, else the API host."""
+        base = self.litellm_params.api_base or ""
+        match = re.search(r"/p/([^/]+)", urlparse(base).path)
+        if match:
+            return match.group(1)
+        return urlparse(base).hostname or self.litellm_params.model.split("/", 1)[0]
+
+    @property
+    def served_model(self) -> str:
+        """The model name sent to the provider (the LiteLLM provider prefix removed)."""
+        model = self.litellm_params.model
+        return model.split("/", 1)[1] if "/" in model else model
+
+    @property
+    def key(self) -> str:
+        """``provider/model``: how ``--fail`` and logs name this deployment."""
+        return f"{self.provider}/{self.served_model}"
+
+
+class RouterSettings(_Strict):
+    """Settings passed to ``litellm.Router``; times in seconds."""
+
+    num_retries: int = Field(default=2, ge=0)
+    timeout: float = Field(default=30.0, gt=0.0)
+    allowed_fails: int = Field(default=3, ge=0)
+    cooldown_time: float = Field(default=30.0, ge=0.0)
+    retry_after: float = Field(default=0.0, ge=0.0)
+    routing_strategy: Literal[
+        "simple-shuffle", "least-busy", "usage-based-routing", "latency-based-routing",
+        "cost-based-routing", "usage-based-routing-v2",
+    ] = "simple-shuffle"
+
+
+class GateConfig(_Strict):
+    """Default confidence thresholds; thresholds fitted and stored with a model override them.
+
+    confidence >= ``trust_threshold``: route to the predicted tier; between the two: cascade;
+    below ``escalate_threshold``: escalate.
+    """
+
+    escalate_threshold: Probability = 0.70
+    trust_threshold: Probability = 0.85
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GateConfig:
+        if self.escalate_threshold > self.trust_threshold:
+            raise ValueError(f"escalate_threshold ({self.escalate_threshold}) must not exceed "
+                             f"trust_threshold ({self.trust_threshold})")
+        return self
+
+
+class OverrideRule(_Strict):
+    """A high-stakes domain rule: a request matching any keyword or pattern goes to ``tier``.
+
+    Keywords match whole words, case-insensitively; patterns are Python regular expressions,
+    matched case-insensitively against the normalised request text.
+    """
+
+    name: str = Field(min_length=1)
+    domain: str = Field(min_length=1)
+    tier: Tier = "critical"
+    keywords: list[str] = []
+    patterns: list[str] = []
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a valid regular expression: "
+                                 f"{exc}") from None
+        return patterns
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> OverrideRule:
+        if not self.keywords and not self.patterns:
+            raise ValueError(f"rule {self.name!r} needs at least one keyword or pattern")
+        return self
+
+
+class OverridesConfig(_Strict):
+    enabled: bool = True
+    rules: list[OverrideRule] = []
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_names(cls, rules: list[OverrideRule]) -> list[OverrideRule]:
+        names = [rule.name for rule in rules]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"rule names must be unique; repeated: {duplicates}")
+        return rules
+
+
+class CascadeConfig(_Strict):
+    """Cascade: call the predicted tier, score the answer, escalate when the score is low."""
+
+    enabled: bool = True
+    max_calls: int = Field(default=2, ge=1, le=len(TIERS))
+    # Default for an unfitted scorer; a threshold fitted with the scorer overrides it.
+    score_threshold: Probability = 0.5
+    # A request whose budget a cascade would overrun goes straight to the tier the gate names.
+    latency_budget_ms: float | None = Field(default=None, gt=0.0)
+    latency_budget_header: str = "x-router-latency-budget-ms"
+
+
+class CacheConfig(_Strict):
+    enabled: bool = True
+    backend: Literal["embedded"] = "embedded"
+    path: str = "var/cache"
+    ttl_s: float = Field(default=86_400.0, gt=0.0)
+    max_entries: int = Field(default=100_000, ge=1)
+    # Default cosine similarity for a semantic hit; a threshold fitted on paraphrase data wins.
+    similarity_threshold: Probability = 0.95
+
+
+class DecisionLogConfig(_Strict):
+    url: str = Field(default="sqlite:///var/decisions.sqlite",
+                     description="SQLAlchemy URL; a PostgreSQL URL works unchanged")
+
+    @field_validator("url")
+    @classmethod
+    def _sqlalchemy_url(cls, url: str) -> str:
+        if not re.match(r"^[a-z][a-z0-9+]*://", url):
+            raise ValueError(f"must be a SQLAlchemy URL such as sqlite:///path, got {url!r}")
+        return url
+
+
+class RouterConfig(_Strict):
+    """The whole router config."""
+
+    model_list: list[Deployment] = Field(min_length=1)
+    router_settings: RouterSettings = RouterSettings()
+    gate: GateConfig = GateConfig()
+    overrides: OverridesConfig = OverridesConfig()
+    cascade: CascadeConfig = CascadeConfig()
+    cache: CacheConfig = CacheConfig()
+    decision_log: DecisionLogConfig = DecisionLogConfig()
+
+    @model_validator(mode="after")
+    def _every_tier_served(self) -> RouterConfig:
+        missing = [tier for tier in TIERS if not self.deployments(tier)]
+        if missing:
+            raise ValueError(f"model_list has no deployment for tier(s) {missing}")
+        keys = [deployment.key for deployment in self.model_list]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise ValueError(f"model_list repeats deployment(s) {repeated}")
+        return self
+
+    def deployments(self, tier: Tier) -> list[Deployment]:
+        """The deployments serving ``tier``, in config order."""
+        return [d for d in self.model_list if d.model_name == tier]
+
+    def litellm_model_list(self) -> list[dict[str, Any]]:
+        """``model_list`` as plain dicts for ``litellm.Router(model_list=...)``."""
+        return [d.model_dump(exclude_none=True) for d in self.model_list]
+
+
+def _field_path(location: tuple[Any, ...]) -> str:
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def parse_config(data: Any, source: str = "<config>") -> RouterConfig:
+    """Validate already-parsed YAML; raises :class:`ConfigError` listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("", f"top level must be a mapping, got "
+                                        f"{type(data).__name__}")])
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown field (not allowed here)"
+            elif "input" in error and error["type"] not in ("missing",) and not isinstance(
+                    error["input"], dict | list):
+                message = f"{message} (got {error['input']!r})"
+            problems.append((_field_path(error["loc"]) or "(top level)", message))
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: str | Path) -> RouterConfig:
+    """Read and validate a router YAML file; raises :class:`ConfigError` naming file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [("", f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(path), [("", f"{where}invalid YAML: "
+                                           f"{getattr(exc, 'problem', None) or exc}")]) from None
+    return parse_config(data, str(path))

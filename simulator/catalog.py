@@ -1,0 +1,107 @@
+"""What the simulated providers answer: recorded answers looked up by prompt.
+
+A prompt is known when its user turns (whitespace-normalised) match a workload record. The
+answer is the recorded response of the model the deployment stands for; where the data holds no
+response (MMLU), a *synthetic* answer is made and marked as such; an unknown prompt gets a
+deterministic *generic* answer. Whether the recorded answer was correct is kept in
+:class:`Answer` for the evaluation lookup only: it never appears in what a provider returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from router.tiers import Tier
+from workloads import Outcome, Workload, WorkloadRecord
+
+AnswerKind = Literal["recorded", "synthetic", "generic"]
+_LETTERS = "ABCD"
+
+
+def prompt_key(turns: Iterable[str]) -> str:
+    """Key of a prompt: SHA-256 over its whitespace-normalised user turns."""
+    digest = hashlib.sha256()
+    for turn in turns:
+        digest.update(" ".join(turn.split()).encode("utf-8"))
+        digest.update(b"\x1e")  # record separator: ("ab",) and ("a", "b") differ
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One simulated answer and, for evaluation only, what the data recorded about it."""
+
+    text: str
+    kind: AnswerKind
+    workload: str | None = None
+    record_id: str | None = None
+    recorded_model: str | None = None
+    outcome: Outcome | None = None
+
+
+class AnswerCatalog:
+    """Index of workload prompts -> records, answering as a given tier's model would."""
+
+    def __init__(self, workloads: Sequence[Workload]) -> None:
+        self._records: dict[str, tuple[Workload, WorkloadRecord]] = {}
+        for workload in workloads:
+            for record in workload.records:
+                # The first record of a repeated prompt wins (MMLU repeats 81 prompts across
+                # subjects); the evaluation lookup names the record that answered.
+                self._records.setdefault(prompt_key(record.turns), (workload, record))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def find(self, turns: Sequence[str]) -> tuple[Workload, WorkloadRecord] | None:
+        """The workload record whose user turns match ``turns``, or None."""
+        return self._records.get(prompt_key(turns))
+
+    def answer(self, turns: Sequence[str], served_model: str, tier: Tier,
+               recorded_model: str | None = None) -> Answer:
+        """The answer ``served_model`` (standing in ``tier``) gives to the user ``turns``.
+
+        ``recorded_model`` names the data's model explicitly (a deployment's
+        ``model_info.recorded_model``); otherwise the served model name is tried, then the
+        workload's model for ``tier``.
+        """
+        found = self.find(turns)
+        if found is None:
+            return Answer(text=_generic_answer(turns, served_model), kind="generic")
+        workload, record = found
+        model = next((name for name in (recorded_model, served_model)
+                      if name and name in record.outcomes), workload.tier_models.get(tier))
+        outcome = record.outcomes.get(model) if model else None
+        if outcome is not None and outcome.response is not None:
+            return Answer(outcome.response, "recorded", workload.name, record.id, model, outcome)
+        return Answer(_synthetic_answer(record, outcome, served_model), "synthetic",
+                      workload.name, record.id, model, outcome)
+
+
+def _choice(seed: str, options: str) -> str:
+    return options[int(hashlib.sha256(seed.encode()).hexdigest(), 16) % len(options)]
+
+
+def _synthetic_answer(record: WorkloadRecord, outcome: Outcome | None, model: str) -> str:
+    """A multiple-choice letter for data without recorded responses (MMLU).
+
+    The letter is the gold one when the model was recorded correct, another one when it was
+    recorded wrong, and a fixed pseudo-random one when the data gives no gold letter: so the
+    text never tells more about correctness than a real answer would.
+    """
+    seed = f"{record.id}|{model}"
+    if record.gold in _LETTERS and outcome is not None and outcome.correct is not None:
+        letter = (record.gold if outcome.correct
+                  else _choice(seed, _LETTERS.replace(record.gold, "")))
+    else:
+        letter = _choice(seed, _LETTERS)
+    return f"The answer is {letter}."
+
+
+def _generic_answer(turns: Sequence[str], model: str) -> str:
+    digest = prompt_key(turns)[:12]
+    return (f"This is a simulated reply from {model} (provider simulator, no recorded answer for "
+            f"this prompt; reference {digest}).")

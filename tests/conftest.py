@@ -1,0 +1,96 @@
+"""Shared fixtures: the repo's config and data, and real simulator servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+
+# Offline switches, before anything imports litellm, transformers or mlflow.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from router.config import RouterConfig, load_config
+from workloads import Workload, load_workload
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_PATH = REPO / "configs" / "router.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tier_router_exe() -> list[str]:
+    """The installed console script, else the module (same code) under this interpreter."""
+    exe = shutil.which("tier-router", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "router.cli"]
+
+
+class SimulatorProcess:
+    """`tier-router simulate` as a real subprocess; ``url(provider)``: a provider's base URL."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [*tier_router_exe(), "simulate", "--config", str(CONFIG_PATH),
+             "--port", str(self.port), "--latency-scale", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"simulator exited {self.proc.returncode}:\n"
+                                   f"{self.proc.stdout.read() if self.proc.stdout else ''}")
+            try:
+                if httpx.get(f"{self.root}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("simulator did not become healthy within 90 s")
+
+    def url(self, provider: str) -> str:
+        return f"{self.root}/p/{provider}/v1"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def router_config() -> RouterConfig:
+    return load_config(CONFIG_PATH)
+
+
+@pytest.fixture(scope="session")
+def routerbench() -> Workload:
+    return load_workload("routerbench")
+
+
+@pytest.fixture(scope="session")
+def mmlu() -> Workload:
+    return load_workload("mmlu")
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[SimulatorProcess]:
+    """One healthy simulator for the whole run (no injected failures at start)."""
+    process = SimulatorProcess()
+    yield process
+    process.stop()
