@@ -59,11 +59,16 @@ class LiteLLMParams(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    """``model_info`` of one deployment. ``id`` names the deployment in logs and metrics."""
+    """``model_info`` of one deployment. ``id`` names the deployment in logs and metrics.
+
+    ``recorded_model`` (simulator only) names the workload data's model this deployment replays,
+    for a further fallback model in a tier; by default the tier's model is replayed.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     id: str | None = None
+    recorded_model: str | None = None
 
 
 class Deployment(_Strict):

@@ -228,8 +228,7 @@ def create_app(sim: Simulator) -> FastAPI:
                           "server_error", "simulated_failure")
 
         answer = sim.catalog.answer(turns, deployment.served_model, deployment.model_name,
-                                    deployment.model_info.model_extra.get("recorded_model")
-                                    if deployment.model_info.model_extra else None)
+                                    deployment.model_info.recorded_model)
         text, finish_reason = answer.text, "stop"
         limit = body.max_completion_tokens or body.max_tokens
         completion_tokens = count_tokens(text)
@@ -257,7 +256,7 @@ def create_app(sim: Simulator) -> FastAPI:
         await asyncio.sleep(latency.total_ms * sim.latency_scale / 1000)
         return JSONResponse(headers=headers, content={
             "id": completion_id, "object": "chat.completion", "created": created,
-            "model": body.model, "system_fingerprint": None,
+            "model": body.model,
             "choices": [{"index": i, "finish_reason": finish_reason, "logprobs": None,
                          "message": {"role": "assistant", "content": text, "refusal": None}}
                         for i in range(body.n)],
@@ -298,7 +297,7 @@ async def _stream(sim: Simulator, completion_id: str, created: int, model: str, 
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
         payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                   "model": model, "system_fingerprint": None, "choices": choices, **extra}
+                   "model": model, "choices": choices, **extra}
         return f"data: {json.dumps(payload)}\n\n"
 
     await asyncio.sleep(ttft_ms * scale)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import httpx
+import jsonschema
 import litellm
 import openai
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from router.config import RouterConfig
 from simulator import SimulatorError, parse_fail_spec
 from simulator.tokens import count_prompt_tokens, count_tokens
+from tests import openai_spec
 from tests.conftest import CONFIG_PATH, SimulatorProcess, tier_router_exe
 from workloads import Workload
 
@@ -224,3 +227,24 @@ def test_fail_on_an_unknown_deployment_stops_the_command() -> None:
         capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 1
     assert "unknown deployment(s) ['openai/gpt-5']" in result.stderr
+
+
+def test_responses_and_chunks_validate_against_openais_spec(
+        simulator: SimulatorProcess, routerbench: Workload) -> None:
+    body = {"model": "gpt-4-1106-preview", "messages": routerbench.records[3].messages()}
+    headers = {"authorization": "Bearer sk-test-stand-in"}
+    url = f"{simulator.url('openai')}/chat/completions"
+    plain = httpx.post(url, json=body, headers=headers)
+    openai_spec.validate(plain.json(), "CreateChatCompletionResponse")
+    models = httpx.get(f"{simulator.url('openai')}/models", headers=headers).json()
+    openai_spec.validate(models, "ListModelsResponse")
+    with httpx.stream("POST", url, headers=headers, json={
+            **body, "stream": True, "stream_options": {"include_usage": True}}) as stream:
+        events = [line.removeprefix("data: ") for line in stream.iter_lines()
+                  if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    for event in events[:-1]:
+        openai_spec.validate(json.loads(event), "CreateChatCompletionStreamResponse")
+    with pytest.raises(jsonschema.ValidationError):  # the check has teeth
+        openai_spec.validate({**plain.json(), "object": "completion"},
+                             "CreateChatCompletionResponse")
