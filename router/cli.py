@@ -23,6 +23,10 @@ logger = logging.getLogger("tier_router")
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # LiteLLM logs every call at INFO; the decision log already records each one.
+        for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -74,6 +78,61 @@ def simulate(
                 ", ".join(sim.keys), host, port, len(sim.catalog), sim.failures or "none")
     uvicorn.run(create_app(sim), host=host, port=port, log_level="warning",
                 timeout_graceful_shutdown=2)
+
+
+@app.command()
+def replay(
+    config: Annotated[Path, typer.Option(help="router YAML")],
+    workload: Annotated[str, typer.Option(help="built-in name (routerbench, mmlu...) or path")],
+    out: Annotated[Path, typer.Option(help="JSON report to write")],
+    limit: Annotated[int | None, typer.Option(min=1, help="replay this many records, drawn "
+                                               "with --seed (default: all)")] = None,
+    simulator: Annotated[str | None, typer.Option(
+        help="simulator root URL: replaces the host of every deployment, keeping its path")]
+        = None,
+    classifier: Annotated[str, typer.Option(
+        help="fixed:TIER or a model directory (default: the frontier-only baseline)")]
+        = "fixed:critical",
+    decision_log: Annotated[str | None, typer.Option(
+        help="SQLAlchemy URL of the decision log (default: the config's)")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=256)] = 8,
+    seed: Annotated[int, typer.Option(help="seed for drawing --limit records")] = 0,
+    data_dir: Annotated[Path | None, typer.Option(help="folder of built-in workloads")] = None,
+) -> None:
+    """Send a workload through the full request path; write cost, quality and latency."""
+    import asyncio
+    import json
+
+    from router.classifier import ClassifierError, load_classifier
+    from router.dispatch import Dispatcher
+    from router.policy import RouterPolicy
+    from router.replay import replay_records, select_records, summarise
+    from router.telemetry import DecisionLog
+    from workloads import WorkloadFormatError, load_workload
+
+    try:
+        router_config = load_config(config)
+        records = select_records(load_workload(workload, data_dir), limit, seed)
+        tier_classifier = load_classifier(classifier)
+        dispatcher = Dispatcher(router_config, api_base_override=simulator)
+    except (ConfigError, WorkloadFormatError, ClassifierError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    from sqlalchemy.engine import make_url
+
+    log_url = decision_log or router_config.decision_log.url
+    with DecisionLog(log_url) as log:
+        policy = RouterPolicy(router_config, tier_classifier, dispatcher, log)
+        items = asyncio.run(replay_records(policy, records, concurrency=concurrency,
+                                           simulator_url=simulator))
+        log.flush()
+    report = {**summarise(items), "workload": workload, "classifier": classifier,
+              "config": str(config), "simulator": simulator, "limit": limit, "seed": seed,
+              "decision_log": make_url(log_url).render_as_string(hide_password=True)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    typer.echo(json.dumps({k: report[k] for k in (
+        "requests", "failures", "cost_per_task", "quality", "escalation_rate", "fallbacks",
+        "p50_ms", "p95_ms")}))
 
 
 if __name__ == "__main__":

@@ -230,6 +230,10 @@ class RouterConfig(_Strict):
         repeated = sorted({key for key in keys if keys.count(key) > 1})
         if repeated:
             raise ValueError(f"model_list repeats deployment(s) {repeated}")
+        ids = [d.model_info.id for d in self.model_list if d.model_info.id]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"model_info.id must be unique; repeated: {repeated}")
         return self
 
     def deployments(self, tier: Tier) -> list[Deployment]:

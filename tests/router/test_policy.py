@@ -1,0 +1,144 @@
+"""The whole request path: overrides -> classifier -> gate -> LiteLLM dispatch -> decision log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from router.classifier import ClassifierMeta, FixedTierClassifier, TierScores, load_classifier
+from router.config import RouterConfig
+from router.dispatch import Dispatcher, DispatchError
+from router.errors import RequestFormatError
+from router.policy import RouteRequest, RouterPolicy
+from router.telemetry import DecisionLog
+from tests.conftest import SimulatorProcess
+from workloads import Workload
+
+
+class ScriptedClassifier:
+    """Returns the scores it is given: a real TierClassifier for gate paths a random tiny model
+    would hit only by chance."""
+
+    def __init__(self, scores: TierScores, thresholds: dict | None = None) -> None:
+        self.scores = scores
+        self.meta = ClassifierMeta(version="scripted-1", thresholds=thresholds)
+
+    def predict(self, texts: Sequence[str]) -> list[TierScores]:
+        return [dict(self.scores) for _ in texts]
+
+
+@pytest.fixture
+def decision_log(tmp_path: Path) -> Iterator[DecisionLog]:
+    with DecisionLog(f"sqlite:///{tmp_path / 'decisions.sqlite'}",
+                     spill_path=tmp_path / "spill.jsonl") as log:
+        yield log
+
+
+def make_policy(config: RouterConfig, simulator: SimulatorProcess, classifier,
+                log: DecisionLog) -> RouterPolicy:
+    return RouterPolicy(config, classifier, Dispatcher(config, api_base_override=simulator.root),
+                        log)
+
+
+def test_override_fires_on_seed_prompts_and_is_logged_as_override(
+        simulator: SimulatorProcess, router_config: RouterConfig, mmlu: Workload,
+        decision_log: DecisionLog) -> None:
+    policy = make_policy(router_config, simulator, FixedTierClassifier("simple"), decision_log)
+    prompts = {}
+    for domain, subject in [("legal", "professional_law"), ("medical", "professional_medicine"),
+                            ("finance", "professional_accounting")]:
+        prompts[domain] = next(r for r in mmlu.records if r.category == subject
+                               and policy.overrides.match(r.turns[-1]) is not None
+                               and policy.overrides.match(r.turns[-1]).domain == domain)
+    for domain, record in prompts.items():
+        result = asyncio.run(policy.route(RouteRequest(messages=record.messages())))
+        assert result.dispatch.tier == "critical"
+        assert result.record.override_domain == domain
+    decision_log.flush()
+    rows = decision_log.read()
+    assert len(rows) == 3
+    for row in rows:
+        assert row.override_rule is not None
+        assert row.gate_action is None  # an override is not an escalation
+        assert row.predicted_tier == "simple"
+        assert (row.target_tier, row.final_tier) == ("critical", "critical")
+        assert row.status == "ok"
+
+
+def test_gate_actions_are_logged_with_their_threshold_source(
+        simulator: SimulatorProcess, router_config: RouterConfig,
+        decision_log: DecisionLog) -> None:
+    messages = [{"role": "user", "content": "Name three prime numbers."}]
+    cases = [
+        (ScriptedClassifier({"simple": 0.9, "medium": 0.05, "critical": 0.05}), "route",
+         "simple", "config"),
+        (ScriptedClassifier({"simple": 0.75, "medium": 0.2, "critical": 0.05}), "cascade",
+         "simple", "config"),
+        (ScriptedClassifier({"simple": 0.6, "medium": 0.3, "critical": 0.1}), "escalate",
+         "medium", "config"),
+        # Thresholds stored with the model win over the config's: 0.6 is now trusted.
+        (ScriptedClassifier({"simple": 0.6, "medium": 0.3, "critical": 0.1},
+                            {"escalate": 0.4, "trust": 0.55}), "route", "simple",
+         "model:scripted-1"),
+    ]
+    for classifier, action, tier, source in cases:
+        policy = make_policy(router_config, simulator, classifier, decision_log)
+        result = asyncio.run(policy.route(RouteRequest(messages=messages)))
+        record = result.record
+        assert (record.gate_action, record.final_tier, record.threshold_source) == (
+            action, tier, source)
+    decision_log.flush()
+    rows = decision_log.read()
+    assert [r.gate_action for r in rows] == ["route", "cascade", "escalate", "route"]
+    assert rows[3].thresholds == {"escalate": 0.4, "trust": 0.55}
+    assert all(set(r.latency_ms) >= {"normalise", "override", "classify", "gate", "dispatch",
+                                     "total"} for r in rows)
+    assert all(r.cost_usd and r.cost_usd > 0 and r.prompt_tokens for r in rows)
+
+
+def test_pins_and_unknown_models(simulator: SimulatorProcess, router_config: RouterConfig,
+                                 decision_log: DecisionLog, tiny_bert_dir: Path) -> None:
+    policy = make_policy(router_config, simulator, load_classifier(str(tiny_bert_dir)),
+                         decision_log)
+    legal = [{"role": "user", "content": "Can I sue my landlord over a tort?"}]
+    pinned = asyncio.run(policy.route(RouteRequest(messages=legal, model="simple")))
+    assert (pinned.record.pinned, pinned.record.final_tier) == (True, "simple")
+    assert pinned.record.override_rule is None  # an explicit pin is honoured
+    assert set(pinned.record.scores) == {"simple", "medium", "critical"}  # still scored
+    by_id = asyncio.run(policy.route(RouteRequest(messages=legal,
+                                                  model="deepinfra/yi-34b-chat")))
+    assert by_id.record.final_tier == "medium"
+    assert "auto" in policy.model_names() and "gpt-4-1106-preview" in policy.model_names()
+    with pytest.raises(RequestFormatError, match="unknown model 'gpt-5'"):
+        asyncio.run(policy.route(RouteRequest(messages=legal, model="gpt-5")))
+    with pytest.raises(RequestFormatError):
+        asyncio.run(policy.route(RouteRequest(messages=[])))
+    decision_log.flush()
+    rows = decision_log.read()
+    assert [r.status for r in rows] == ["ok", "ok", "error", "error"]
+    assert "unknown model" in rows[2].error
+    assert rows[0].model_version == tiny_bert_dir.name
+
+
+def test_failed_requests_are_logged(simulator: SimulatorProcess, router_config: RouterConfig,
+                                    decision_log: DecisionLog) -> None:
+    import httpx
+
+    httpx.put(f"{simulator.root}/sim/failures", json={"specs": [
+        "openai/gpt-4-1106-preview=1.0", "azure/gpt-4-1106-preview=1.0"]}).raise_for_status()
+    try:
+        policy = make_policy(router_config, simulator, FixedTierClassifier("critical"),
+                             decision_log)
+        with pytest.raises(DispatchError):
+            asyncio.run(policy.route(RouteRequest(messages=[{"role": "user", "content": "x"}],
+                                                  request_id="doomed-1")))
+    finally:
+        httpx.put(f"{simulator.root}/sim/failures", json={"specs": []}).raise_for_status()
+    decision_log.flush()
+    (row,) = decision_log.read()
+    assert (row.request_id, row.status, row.final_tier) == ("doomed-1", "error", None)
+    assert row.deployments_tried and "no deployment could answer" in row.error
+    assert row.extra["http_status"] == 503
