@@ -47,6 +47,7 @@ class RouteDecision:
     """What the router decided before dispatch (what ``POST /v1/route`` returns)."""
 
     request_id: str
+    text: str  # the normalised request text
     text_hash: str
     scores: TierScores
     predicted_tier: Tier
@@ -125,7 +126,7 @@ class RouterPolicy:
         else:
             target = gate.target_tier
         return RouteDecision(
-            request_id=request.request_id,
+            request_id=request.request_id, text=text,
             text_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(), scores=scores,
             predicted_tier=gate.predicted_tier, confidence=gate.confidence, target_tier=target,
             thresholds=self.thresholds, gate=None if pinned or override else gate,
@@ -157,6 +158,7 @@ class RouterPolicy:
         record = DecisionRecord(
             request_id=request.request_id, tenant=request.tenant,
             text_hash=decision.text_hash if decision else "",
+            text=decision.text if decision else None,
             requested_model=request.model, latency_ms=latency,
             status="error" if error else "ok",
             error=f"{type(error).__name__}: {error}" if error else None,

@@ -101,6 +101,9 @@ class DecisionRecord:
     text_hash: str  # sha256 hex of the normalised request text
     requested_model: str  # "auto", a tier name, or a configured model id
     created_at: datetime = field(default_factory=_utcnow)
+    # The normalised request text: what harvest trains on. Raw user text (may hold personal
+    # data): the harvest stage scrubs it before anything leaves the stage.
+    text: str | None = None
     scores: dict[str, float] = field(default_factory=dict)  # tier -> calibrated probability
     predicted_tier: str | None = None
     confidence: float | None = None
@@ -203,6 +206,7 @@ decisions = Table(
     Column("text_hash", String, nullable=False),
     Column("requested_model", String, nullable=False),
     Column("created_at", _UTCDateTime, nullable=False, index=True),
+    Column("text", Text),
     Column("scores", JSON, nullable=False),
     Column("predicted_tier", String),
     Column("confidence", Double),

@@ -1,0 +1,141 @@
+"""params.yaml, typed: the one place training reads its knobs (DVC tracks the file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from router.tiers import Tier
+
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing or invalid; the message names the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HarvestParams(_Section):
+    log_url: str = "sqlite:///var/decisions.sqlite"
+    # The decision-log window, ISO-8601 UTC: a fixed snapshot, so reruns are reproducible.
+    since: str = "2026-01-01T00:00:00+00:00"
+    until: str = "2027-01-01T00:00:00+00:00"
+    # Fewer usable log rows than this: the seed workloads bootstrap the training data.
+    min_log_rows: int = Field(default=5000, ge=0)
+    bootstrap: list[str] = ["routerbench", "mmlu", "gsm8k", "mt_bench", "banking77", "clinc150"]
+    # Cap per bootstrap source (rows, drawn with ``seed``); absent = all rows.
+    max_rows_per_source: dict[str, int] = {}
+    near_dup_threshold: float = Field(default=0.9, gt=0.0, le=1.0)  # MinHash Jaccard estimate
+    minhash_permutations: int = Field(default=64, ge=8)
+    seed: int = 13
+
+
+class JudgeParams(_Section):
+    model: str = "critical"  # a tier (model group) or deployment id of the router config
+    config: str = "configs/router.yaml"
+    api_base: str | None = None  # replaces every deployment's host (the simulator in tests)
+    budget_usd: float = Field(default=5.0, ge=0.0)
+    concurrency: int = Field(default=8, ge=1)
+    max_retries: int = Field(default=2, ge=0)  # re-asks after an invalid answer
+    cache_path: str = "var/judge-cache.sqlite"  # outside DVC outputs: survives reruns
+
+
+class LabelParams(_Section):
+    labeller: Literal["outcomes", "judge"] = "outcomes"
+    score_pass: float = Field(default=0.8, ge=0.0, le=1.0)  # graded data: score >= this = right
+    unresolved_tier: Tier = "critical"  # rows no tier got right
+    intent_rule_tier: Tier = "simple"  # support intents without outcomes (source "rule")
+    judge: JudgeParams = JudgeParams()
+
+
+class SplitParams(_Section):
+    seed: int = 13
+    validation: Fraction = 0.15
+    test: Fraction = 0.25
+    # Tail groups (critical label, high-stakes domains, rare clusters) go to the evaluation
+    # folds this many times more often than other groups.
+    tail_eval_boost: float = Field(default=2.0, ge=1.0)
+    rare_category_max: int = Field(default=30, ge=1)  # categories this small are a tail slice
+    group_threshold: float = Field(default=0.7, gt=0.0, le=1.0)  # MinHash Jaccard: same group
+
+
+class TrainParams(_Section):
+    base_model: str = "minilm"  # "minilm" (PyPI-packaged all-MiniLM-L6-v2), a path or hub id
+    max_length: int = Field(default=128, ge=8)  # tokens kept from the end of the text
+    max_train_rows: int = Field(default=6000, ge=1)
+    epochs: float = Field(default=2.0, gt=0.0)
+    batch_size: int = Field(default=16, ge=1)
+    learning_rate: float = Field(default=5e-4, gt=0.0)
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    class_weights: Literal["balanced", "none"] = "balanced"
+    early_stopping_patience: int = Field(default=2, ge=1)
+    eval_steps: int = Field(default=100, ge=1)
+    seed: int = 13
+
+
+class CalibrateParams(_Section):
+    # min_cost: cheapest thresholds whose quality >= quality_target x frontier quality;
+    # max_quality: best quality whose cost <= cost_budget x frontier cost.
+    objective: Literal["min_cost", "max_quality"] = "min_cost"
+    quality_target: float = Field(default=0.95, gt=0.0, le=1.5)
+    cost_budget: float = Field(default=0.25, gt=0.0, le=1.0)
+    grid_step: float = Field(default=0.01, gt=0.0, le=0.1)
+
+
+class EvaluateParams(_Section):
+    ece_bins: int = Field(default=15, ge=2)
+    bootstrap: int = Field(default=1000, ge=10)
+    seed: int = 13
+
+
+class Tolerances(_Section):
+    ece: float = 0.005
+    critical_recall: float = 0.01
+    cost_ratio: float = 0.02
+    quality_ratio: float = 0.005
+
+
+class RegisterParams(_Section):
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_root: str = "mlruns/artifacts"
+    experiment: str = "tier-classifier"
+    model_name: str = "tier-classifier"
+    tolerances: Tolerances = Tolerances()
+
+
+class Params(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    harvest: HarvestParams = HarvestParams()
+    label: LabelParams = LabelParams()
+    split: SplitParams = SplitParams()
+    train: TrainParams = TrainParams()
+    calibrate: CalibrateParams = CalibrateParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    # "register" would shadow BaseModel.register (ABCMeta): the YAML key stays "register".
+    registry: RegisterParams = Field(default=RegisterParams(), alias="register")
+
+
+def load_params(path: Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml; raises :class:`ParamsError` naming file and field."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ParamsError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: invalid YAML: {exc}") from None
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors())
+        raise ParamsError(f"{path}: {problems}") from None
