@@ -1,5 +1,6 @@
-# `make test` (the README's test command) sets up the venv and runs lint and tests. Everything
-# works offline on a fresh machine: only PyPI is reached, by `make setup`.
+# The README's two commands: `make repro` sets up the venv and runs the pipeline (`dvc repro`);
+# `make test` sets it up and runs lint and tests. Everything works offline on a fresh machine:
+# only PyPI is reached, by `make setup`.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup test lint simulate
+.PHONY: setup test lint simulate repro
 
 setup: $(VENV)/.installed
 
@@ -29,6 +30,11 @@ lint: setup
 # pytest's exit code 5 (no tests collected) fails this target like any other non-zero code.
 test: setup lint
 	$(BIN)/pytest --durations=15
+
+# The main job: the training lifecycle on the embedded default (MiniLM, seed data bootstrap).
+# The venv's bin goes first on PATH so the stages' `python -m training.X` run inside it.
+repro: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 simulate: setup
 	$(BIN)/tier-router simulate --config configs/router.yaml --port $${SIM_PORT:-8900}

@@ -134,16 +134,47 @@ def _read_meta(path: Path) -> ClassifierMeta:
     return meta
 
 
+# The pyfunc artifact holding the classifier bundle (training/register.py logs it).
+MLFLOW_ARTIFACT = "classifier"
+
+
+def registered_model_dir(uri: str) -> Path:
+    """Download ``models:/NAME@ALIAS`` (or ``/VERSION``) and return its classifier bundle.
+
+    The bundle is the pyfunc artifact named ``classifier``; its folder is read from the
+    model's MLmodel file.
+
+    The MLflow tracking URI is MLflow's own setting (``MLFLOW_TRACKING_URI`` or
+    ``mlflow.set_tracking_uri``); the project's store is ``sqlite:///mlruns/mlflow.db``.
+    """
+    import mlflow
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except mlflow.exceptions.MlflowException as exc:
+        raise ClassifierError(f"{uri}: cannot load from the MLflow registry "
+                              f"({mlflow.get_tracking_uri()}): {exc}") from exc
+    import yaml
+
+    try:
+        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
+        return local / flavor["artifacts"][MLFLOW_ARTIFACT]["path"]
+    except (OSError, KeyError, TypeError) as exc:
+        raise ClassifierError(f"{uri}: not a tier-classifier bundle (no pyfunc artifact "
+                              f"{MLFLOW_ARTIFACT!r} in its MLmodel)") from exc
+
+
 # Registry: spec prefix -> factory taking the rest of the spec. A spec without a known prefix is
 # a local model directory.
 CLASSIFIER_BACKENDS: dict[str, Callable[[str], TierClassifier]] = {
     "fixed": lambda rest: FixedTierClassifier(rest),  # type: ignore[arg-type]
     "path": lambda rest: InProcessClassifier(Path(rest)),
+    "models": lambda rest: InProcessClassifier(registered_model_dir(f"models:{rest}")),
 }
 
 
 def load_classifier(spec: str) -> TierClassifier:
-    """``fixed:TIER``, ``path:DIR`` or a bare directory path."""
+    """``fixed:TIER``, ``path:DIR``, ``models:/NAME@ALIAS`` or a bare directory path."""
     prefix, _, rest = spec.partition(":")
     if rest and prefix in CLASSIFIER_BACKENDS:
         return CLASSIFIER_BACKENDS[prefix](rest)

@@ -61,6 +61,8 @@ def simulate(
         help="multiply the modelled latency (0 answers at once)")] = 1.0,
     hang_s: Annotated[float, typer.Option(help="seconds a 'timeout' failure hangs")] = 120.0,
     seed: Annotated[int, typer.Option(help="seed for failure draws and latency jitter")] = 0,
+    judge_invalid_rate: Annotated[float, typer.Option(
+        help="share of the judge stand-in's answers that are not valid JSON")] = 0.1,
 ) -> None:
     """Serve the provider simulator, a stand-in for hosted providers (OpenAI protocol)."""
     import uvicorn
@@ -71,7 +73,8 @@ def simulate(
     try:
         sim = build_simulator(load_config(config), workloads=workload or OUTCOME_WORKLOADS,
                               data_dir=data_dir, fail_specs=fail or (),
-                              latency_scale=latency_scale, hang_s=hang_s, seed=seed)
+                              latency_scale=latency_scale, hang_s=hang_s, seed=seed,
+                              judge_invalid_rate=judge_invalid_rate)
     except (ConfigError, SimulatorError, WorkloadFormatError) as exc:
         raise _fail(str(exc)) from None
     logger.info("simulating %s on http://%s:%d (%d known prompts; failures %s)",
@@ -91,8 +94,10 @@ def replay(
         help="simulator root URL: replaces the host of every deployment, keeping its path")]
         = None,
     classifier: Annotated[str, typer.Option(
-        help="fixed:TIER or a model directory (default: the frontier-only baseline)")]
-        = "fixed:critical",
+        help="fixed:TIER, a model directory or models:/tier-classifier@champion "
+             "(default: the frontier-only baseline)")] = "fixed:critical",
+    tracking_uri: Annotated[str, typer.Option(
+        help="MLflow store for models:/ classifiers")] = "sqlite:///mlruns/mlflow.db",
     decision_log: Annotated[str | None, typer.Option(
         help="SQLAlchemy URL of the decision log (default: the config's)")] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=256)] = 8,
@@ -113,6 +118,10 @@ def replay(
     try:
         router_config = load_config(config)
         records = select_records(load_workload(workload, data_dir), limit, seed)
+        if classifier.startswith("models:"):
+            import mlflow
+
+            mlflow.set_tracking_uri(tracking_uri)
         tier_classifier = load_classifier(classifier)
         dispatcher = Dispatcher(router_config, api_base_override=simulator)
     except (ConfigError, WorkloadFormatError, ClassifierError, ValueError) as exc:

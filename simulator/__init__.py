@@ -14,13 +14,16 @@ from workloads import OUTCOME_WORKLOADS, load_workload
 def build_simulator(config: RouterConfig, *, workloads: Sequence[str] = OUTCOME_WORKLOADS,
                     data_dir: Path | None = None, fail_specs: Sequence[str] = (),
                     latency_scale: float = 1.0, hang_s: float = 120.0,
-                    seed: int = 0) -> Simulator:
+                    seed: int = 0, judge_invalid_rate: float = 0.1) -> Simulator:
     """A simulator for ``config``'s deployments, answering from ``workloads`` (names or paths)."""
     if latency_scale < 0:
         raise SimulatorError(f"latency scale must be >= 0, got {latency_scale}")
+    if not 0.0 <= judge_invalid_rate <= 1.0:
+        raise SimulatorError(f"judge invalid rate must be in [0, 1], got {judge_invalid_rate}")
     catalog = AnswerCatalog([load_workload(name, data_dir) for name in workloads])
     return Simulator(config, catalog, failures=dict(parse_fail_spec(s) for s in fail_specs),
-                     latency_scale=latency_scale, hang_s=hang_s, seed=seed)
+                     latency_scale=latency_scale, hang_s=hang_s, seed=seed,
+                     judge_invalid_rate=judge_invalid_rate)
 
 
 __all__ = [

@@ -11,7 +11,8 @@ LiteLLM and the official ``openai`` client talk to it exactly as to a real provi
 * ``GET /healthz``
 
 The deployments it serves are the config's ``model_list`` entries whose ``api_base`` has the
-``/p/<provider>/`` form. Answers, tokens and latency: see catalog.py, tokens.py and latency.py.
+``/p/<provider>/`` form. Answers, tokens and latency: see catalog.py, tokens.py and latency.py. A
+request carrying the labelling judge's rubric is answered by the judge stand-in (judge.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from router.config import Deployment, RouterConfig
 from router.errors import RequestFormatError
 from router.normalise import message_text
 from simulator.catalog import Answer, AnswerCatalog
+from simulator.judge import DEFAULT_INVALID_RATE, is_judge_request, judge_answer
 from simulator.latency import profile_for, simulate_latency
 from simulator.tokens import count_prompt_tokens, count_tokens, truncate_to_tokens
 
@@ -102,7 +104,8 @@ class Simulator:
 
     def __init__(self, config: RouterConfig, catalog: AnswerCatalog, *,
                  failures: dict[str, FailMode] | None = None, latency_scale: float = 1.0,
-                 hang_s: float = 120.0, seed: int = 0, lookup_size: int = 200_000) -> None:
+                 hang_s: float = 120.0, seed: int = 0, lookup_size: int = 200_000,
+                 judge_invalid_rate: float = DEFAULT_INVALID_RATE) -> None:
         self.deployments: dict[tuple[str, str], Deployment] = {}
         for deployment in config.model_list:
             if "/p/" in (deployment.litellm_params.api_base or ""):
@@ -114,6 +117,7 @@ class Simulator:
         self.latency_scale = latency_scale  # 0 = answer at once; 1 = modelled latency
         self.hang_s = hang_s  # seconds a 'timeout' failure holds the call before a 504
         self.seed = seed
+        self.judge_invalid_rate = judge_invalid_rate  # share of judge answers that are not JSON
         self.failures: dict[str, FailMode] = {}
         self._rngs: dict[str, random.Random] = {}
         self.set_failures(failures or {})
@@ -227,8 +231,12 @@ def create_app(sim: Simulator) -> FastAPI:
             return _error(500, f"Simulated provider failure at {deployment.key}",
                           "server_error", "simulated_failure")
 
-        answer = sim.catalog.answer(turns, deployment.served_model, deployment.model_name,
-                                    deployment.model_info.recorded_model)
+        if is_judge_request(body.messages):  # the labelling judge's stand-in (judge.py)
+            answer = judge_answer(sim.catalog, body.messages, seed=sim.seed,
+                                  invalid_rate=sim.judge_invalid_rate)
+        else:
+            answer = sim.catalog.answer(turns, deployment.served_model, deployment.model_name,
+                                        deployment.model_info.recorded_model)
         text, finish_reason = answer.text, "stop"
         limit = body.max_completion_tokens or body.max_tokens
         completion_tokens = count_tokens(text)

@@ -14,10 +14,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from router.normalise import normalise
 from router.tiers import Tier
 from workloads import Outcome, Workload, WorkloadRecord
 
-AnswerKind = Literal["recorded", "synthetic", "generic"]
+# "judge": the simulator answering as the labelling judge (simulator/judge.py), not as a model.
+AnswerKind = Literal["recorded", "synthetic", "generic", "judge"]
 _LETTERS = "ABCD"
 
 
@@ -52,6 +54,7 @@ class AnswerCatalog:
                 # The first record of a repeated prompt wins (MMLU repeats 81 prompts across
                 # subjects); the evaluation lookup names the record that answered.
                 self._records.setdefault(prompt_key(record.turns), (workload, record))
+        self._by_text: dict[str, tuple[Workload, WorkloadRecord]] | None = None
 
     def __len__(self) -> int:
         return len(self._records)
@@ -59,6 +62,18 @@ class AnswerCatalog:
     def find(self, turns: Sequence[str]) -> tuple[Workload, WorkloadRecord] | None:
         """The workload record whose user turns match ``turns``, or None."""
         return self._records.get(prompt_key(turns))
+
+    def find_text(self, text: str) -> tuple[Workload, WorkloadRecord] | None:
+        """The record whose ``normalise()``d messages equal ``text`` (the classifier text), or None.
+
+        Built on first use: only the judge stand-in needs it, and normalising every record costs
+        a fraction of a second that a plain simulator should not pay at start.
+        """
+        if self._by_text is None:
+            self._by_text = {}
+            for workload, record in self._records.values():
+                self._by_text.setdefault(normalise(record.messages()), (workload, record))
+        return self._by_text.get(text)
 
     def answer(self, turns: Sequence[str], served_model: str, tier: Tier,
                recorded_model: str | None = None) -> Answer:

@@ -140,3 +140,30 @@ def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                          **TIER_LABELS)
     return _save_tiny_classifier(Qwen2ForSequenceClassification(config), tokenizer,
                                  tmp_path_factory.mktemp("tiny-qwen"))
+
+
+@pytest.fixture(scope="session")
+def fold_rows(routerbench: Workload):
+    """A labelled fold in the split stage's columns, from 400 real RouterBench records."""
+    import json
+
+    import pandas as pd
+
+    from router.normalise import normalise
+    from router.tiers import TIERS
+
+    rows = []
+    for record in routerbench.records[:400]:
+        outcomes = {t: routerbench.tier_outcome(record, t) for t in TIERS}
+        correct = {t: o.correct if o else None for t, o in outcomes.items()}
+        label = next((t for t in TIERS if correct[t]), "critical")
+        rows.append({
+            "row_id": record.id, "source": "routerbench", "category": record.category,
+            "text": normalise(record.messages()), "domain": None,
+            "outcomes": json.dumps(correct),
+            "scores": json.dumps(dict.fromkeys(TIERS)),
+            "costs": json.dumps({t: o.cost_usd if o else None for t, o in outcomes.items()}),
+            "label": label, "label_source": "outcomes", "labeller_version": "test",
+            "weight": 1.0, "slice": json.dumps(["critical"] if label == "critical" else []),
+        })
+    return pd.DataFrame(rows)

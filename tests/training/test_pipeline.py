@@ -1,0 +1,102 @@
+"""A tiny-settings `dvc repro` of the whole lifecycle, in a throwaway git + DVC repository.
+
+Tiny: ~700 seed rows, the tiny random BERT classifier, one epoch. Then: a second `dvc repro` runs
+no stage; `dvc exp run -S train.lora_r=4` makes a second MLflow run; the comparison notebook runs
+headless on the two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO
+
+COPIED = ["router", "training", "workloads", "simulator", "configs", "data", "notebooks",
+          "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> str:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n" \
+                                 f"{done.stderr[-4000:]}"
+    return done.stdout + done.stderr
+
+
+def tiny_params(tiny_model: Path) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["harvest"].update(bootstrap=["routerbench", "mmlu", "banking77"],
+                             max_rows_per_source={"routerbench": 300, "mmlu": 300,
+                                                  "banking77": 100})
+    params["train"].update(base_model=str(tiny_model), max_train_rows=200, epochs=1,
+                           max_length=32, eval_steps=5, batch_size=16)
+    params["evaluate"].update(bootstrap=20)
+    return params
+
+
+def test_tiny_dvc_repro_end_to_end(tmp_path: Path, tiny_bert_dir: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, repo / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "pipeline"))
+        else:
+            shutil.copy2(source, repo / name)
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_bert_dir)))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+    dvc = str(Path(sys.executable).parent / "dvc")
+    _run(["git", "init", "-q"], repo, env)
+    _run([dvc, "init", "-q"], repo, env)
+    _run([dvc, "config", "core.analytics", "false"], repo, env)
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "tiny"], repo, env)
+
+    _run([dvc, "repro"], repo, env)
+    registration = json.loads((repo / "registration.json").read_text())
+    assert registration["promoted"] is True
+    assert registration["reason"] == "no champion yet"
+    metrics = json.loads((repo / "metrics" / "classifier.json").read_text())
+    for key in ("ece", "ece_before_temperature", "brier", "macro_f1", "critical_recall",
+                "cost_ratio_vs_frontier", "quality_ratio_vs_frontier", "slices"):
+        assert key in metrics, key
+    assert (repo / "plots" / "reliability.png").stat().st_size > 0
+    assert (repo / "models" / "calibrated" / "router_model.json").exists()
+
+    again = _run([dvc, "repro"], repo, env)
+    assert "Data and pipelines are up to date" in again, again
+
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "first run"], repo, env)
+    _run([dvc, "exp", "run", "-S", "train.lora_r=4"], repo, env)
+
+    import mlflow
+    import nbformat
+    from nbclient import NotebookClient
+
+    tracking = f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking)
+    runs = mlflow.search_runs(experiment_names=["tier-classifier"])
+    assert len(runs) == 2
+    assert sorted(runs["params.train.lora_r"]) == ["4", "8"]
+
+    notebook = nbformat.read(repo / "notebooks" / "compare_calibration_runs.ipynb", as_version=4)
+    os.environ["TIER_ROUTER_TRACKING_URI"] = tracking
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(repo)}}).execute()
+    finally:
+        del os.environ["TIER_ROUTER_TRACKING_URI"]
+    printed = "".join(output.get("text", "") for cell in notebook.cells
+                      for output in cell.get("outputs", []))
+    assert "compared 2 run(s)" in printed

@@ -1,0 +1,208 @@
+"""register: log the run to MLflow, register the bundle, promote only a challenger no worse.
+
+MLflow store: ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts`` (the plain
+file store is in maintenance mode). The run carries params.yaml, the metrics, the plots and the
+model bundle (calibrated merged classifier + label map + temperature + thresholds, with data and
+code versions as tags), registered as ``tier-classifier`` with alias ``challenger``.
+
+Promotion to ``champion``: the current champion is re-scored on the *challenger's* test fold (so
+both are judged on the same rows), and the challenger is promoted only if it is no worse on ECE
+and critical recall and not worse on cost/quality, within the tolerances in params.yaml. The
+decision and its reason are logged as model-version tags and in ``registration.json``, the
+stage's only DVC output (never ``mlruns/`` itself: DVC deletes a stage's outputs on rerun).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from router.classifier import MLFLOW_ARTIFACT, MODEL_META, registered_model_dir
+from router.config import load_config
+from training.evaluate import evaluate_model, load_bundle
+from training.params import Params, Tolerances, load_params
+from training.scoring import model_logits
+
+logger = logging.getLogger(__name__)
+
+CALIBRATED = Path("models/calibrated")
+TEST = Path("data/pipeline/split/test.parquet")
+METRICS_DIR = Path("metrics")
+PLOTS = Path("plots")
+REGISTRATION = Path("registration.json")
+
+
+def compare(challenger: dict[str, Any], champion: dict[str, Any],
+            tolerances: Tolerances) -> tuple[bool, str]:
+    """Whether the challenger is no worse than the champion on the same test fold, and why."""
+    checks = [
+        ("ece", challenger["ece"] <= champion["ece"] + tolerances.ece, "lower is better"),
+        ("critical_recall",
+         challenger["critical_recall"] >= champion["critical_recall"] - tolerances.critical_recall,
+         "higher is better"),
+        ("cost_ratio_vs_frontier",
+         challenger["cost_ratio_vs_frontier"]
+         <= champion["cost_ratio_vs_frontier"] + tolerances.cost_ratio, "lower is better"),
+        ("quality_ratio_vs_frontier",
+         challenger["quality_ratio_vs_frontier"]
+         >= champion["quality_ratio_vs_frontier"] - tolerances.quality_ratio,
+         "higher is better"),
+    ]
+    failed = [f"{name} {challenger[name]:.4f} vs champion {champion[name]:.4f} ({hint})"
+              for name, ok, hint in checks if not ok]
+    if failed:
+        return False, "worse than the champion on: " + "; ".join(failed)
+    return True, "no worse than the champion on ECE, critical recall, cost and quality " + \
+        ", ".join(f"{name} {challenger[name]:.4f} vs {champion[name]:.4f}"
+                  for name, _, _ in checks)
+
+
+def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of nested dicts as ``{"a.b.c": value}`` (MLflow param and metric names)."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(_leaves(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else "missing"
+
+
+def _code_version() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class TierClassifierModel:
+    """MLflow pyfunc: DataFrame with a ``text`` column -> tier probabilities per row."""
+
+    def load_context(self, context: Any) -> None:
+        from router.classifier import InProcessClassifier
+
+        self.classifier = InProcessClassifier(Path(context.artifacts[MLFLOW_ARTIFACT]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None
+                ) -> pd.DataFrame:
+        return pd.DataFrame(self.classifier.predict(model_input["text"].tolist()))
+
+
+def _pyfunc_class() -> type:
+    import mlflow.pyfunc
+
+    return type("TierClassifierPyfunc", (TierClassifierModel, mlflow.pyfunc.PythonModel), {})
+
+
+def setup_mlflow(tracking_uri: str, artifact_root: str, experiment: str) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns its id."""
+    import mlflow
+
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(tracking_uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    root = Path(artifact_root).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    return mlflow.create_experiment(experiment, artifact_location=root.as_uri())
+
+
+def register(params: Params, bundle: Path, test: pd.DataFrame) -> dict[str, Any]:
+    """Log, register as challenger, compare with the champion, maybe promote."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    settings = params.registry
+    experiment_id = setup_mlflow(settings.tracking_uri, settings.artifact_root,
+                                 settings.experiment)
+    client = MlflowClient()
+    metrics = json.loads((METRICS_DIR / "classifier.json").read_text())
+    gate = json.loads((METRICS_DIR / "gate.json").read_text())
+    meta = json.loads((bundle / MODEL_META).read_text())
+    tags = {"model_version": meta.get("version", "?"), "code_version": _code_version(),
+            "data.test": _file_digest(TEST),
+            "data.train": _file_digest(TEST.with_name("train.parquet")),
+            "base_model": params.train.base_model}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=meta.get("version")) as run:
+        mlflow.log_params({k: v if isinstance(v, str) else json.dumps(v) for k, v in
+                           _leaves(params.model_dump(by_alias=True, mode="json")).items()})
+        mlflow.log_metrics({k: float(v) for k, v in _leaves({**metrics, "gate": gate}).items()
+                            if _numeric(v)})
+        mlflow.set_tags(tags)
+        for path in sorted(METRICS_DIR.glob("*.json")) + sorted(PLOTS.glob("*.png")):
+            mlflow.log_artifact(str(path), artifact_path=path.parent.name)
+        example_in = pd.DataFrame({"text": ["user: How do I reset my PIN?"]})
+        example_out = pd.DataFrame([{"simple": 0.8, "medium": 0.1, "critical": 0.1}])
+        # A signature, no input_example: an example would pickle the model (92 MB, not 3.5 KB).
+        mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
+                                artifacts={MLFLOW_ARTIFACT: str(bundle)},
+                                signature=infer_signature(example_in, example_out))
+        run_id = run.info.run_id
+    version = mlflow.register_model(f"runs:/{run_id}/model", settings.model_name,
+                                    tags=tags).version
+    client.set_registered_model_alias(settings.model_name, "challenger", version)
+
+    challenger = {k: metrics[k] for k in ("ece", "critical_recall", "cost_ratio_vs_frontier",
+                                          "quality_ratio_vs_frontier")}
+    champion_version = None
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # no champion alias yet
+        champion_version = client.get_model_version_by_alias(settings.model_name,
+                                                             "champion").version
+    if champion_version is None:
+        promote, reason, champion = True, "no champion yet", None
+    else:
+        champion = rescore(settings.model_name, champion_version, test, params)
+        promote, reason = compare(challenger, champion, settings.tolerances)
+    if promote:
+        client.set_registered_model_alias(settings.model_name, "champion", version)
+    client.set_model_version_tag(settings.model_name, version, "promotion",
+                                 "promoted" if promote else "refused")
+    client.set_model_version_tag(settings.model_name, version, "promotion_reason", reason)
+    logger.info("register: %s v%s %s: %s", settings.model_name, version,
+                "promoted to champion" if promote else "stays challenger", reason)
+    return {"model_name": settings.model_name, "version": str(version), "run_id": run_id,
+            "promoted": promote, "reason": reason,
+            "previous_champion": None if champion_version is None else str(champion_version),
+            "challenger_metrics": challenger, "champion_metrics_on_same_fold": champion,
+            "tracking_uri": settings.tracking_uri}
+
+
+def rescore(model_name: str, version: str, test: pd.DataFrame, params: Params
+            ) -> dict[str, Any]:
+    """A registered version's metrics on ``test`` (the challenger's test fold)."""
+    bundle = registered_model_dir(f"models:/{model_name}/{version}")
+    temperature, thresholds = load_bundle(bundle)
+    logits = model_logits(bundle, test["text"].tolist())
+    metrics, _, _ = evaluate_model(logits, temperature, thresholds, test,
+                                   load_config(params.calibrate.router_config), params.evaluate)
+    return {k: metrics[k] for k in ("ece", "critical_recall", "cost_ratio_vs_frontier",
+                                    "quality_ratio_vs_frontier")}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    params = load_params()
+    result = register(params, CALIBRATED, pd.read_parquet(TEST))
+    REGISTRATION.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
