@@ -61,7 +61,7 @@ def frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-PARAMS = SplitParams(rare_category_max=5)
+PARAMS = SplitParams(rare_category_max=5, tail_eval_boost=2.0)
 
 
 def test_folds_cover_every_labelled_row_once_and_groups_never_straddle() -> None:
