@@ -27,7 +27,7 @@ import pandas as pd
 from router.classifier import MLFLOW_ARTIFACT, MODEL_META, registered_model_dir
 from router.config import load_config
 from training.evaluate import evaluate_model, load_bundle
-from training.params import Params, Tolerances, load_params
+from training.params import CalibrateParams, Params, Tolerances, load_params
 from training.scoring import model_logits
 
 logger = logging.getLogger(__name__)
@@ -39,29 +39,38 @@ PLOTS = Path("plots")
 REGISTRATION = Path("registration.json")
 
 
-def compare(challenger: dict[str, Any], champion: dict[str, Any],
-            tolerances: Tolerances) -> tuple[bool, str]:
-    """Whether the challenger is no worse than the champion on the same test fold, and why."""
+def compare(challenger: dict[str, Any], champion: dict[str, Any], tolerances: Tolerances,
+            calibration: CalibrateParams) -> tuple[bool, str]:
+    """Whether the challenger is no worse than the champion on the same test fold, and why.
+
+    ECE and critical recall must be no worse (within tolerance). Cost and quality are judged
+    against the objective the thresholds were fitted for: under ``min_cost`` the quality bar is
+    the champion's quality *or* the quality target, whichever is lower (a champion that
+    overshoots the target at a higher cost sets no higher bar), and cost must be no worse; under
+    ``max_quality`` the roles swap.
+    """
+    cost_bar = champion["cost_ratio_vs_frontier"]
+    quality_bar = champion["quality_ratio_vs_frontier"]
+    if calibration.objective == "min_cost":
+        quality_bar = min(quality_bar, calibration.quality_target)
+    else:
+        cost_bar = max(cost_bar, calibration.cost_budget)
     checks = [
-        ("ece", challenger["ece"] <= champion["ece"] + tolerances.ece, "lower is better"),
+        ("ece", challenger["ece"] <= champion["ece"] + tolerances.ece, champion["ece"]),
         ("critical_recall",
          challenger["critical_recall"] >= champion["critical_recall"] - tolerances.critical_recall,
-         "higher is better"),
+         champion["critical_recall"]),
         ("cost_ratio_vs_frontier",
-         challenger["cost_ratio_vs_frontier"]
-         <= champion["cost_ratio_vs_frontier"] + tolerances.cost_ratio, "lower is better"),
+         challenger["cost_ratio_vs_frontier"] <= cost_bar + tolerances.cost_ratio, cost_bar),
         ("quality_ratio_vs_frontier",
-         challenger["quality_ratio_vs_frontier"]
-         >= champion["quality_ratio_vs_frontier"] - tolerances.quality_ratio,
-         "higher is better"),
+         challenger["quality_ratio_vs_frontier"] >= quality_bar - tolerances.quality_ratio,
+         quality_bar),
     ]
-    failed = [f"{name} {challenger[name]:.4f} vs champion {champion[name]:.4f} ({hint})"
-              for name, ok, hint in checks if not ok]
+    verdicts = ", ".join(f"{name} {challenger[name]:.4f} vs {bar:.4f}" for name, _, bar in checks)
+    failed = [name for name, ok, _ in checks if not ok]
     if failed:
-        return False, "worse than the champion on: " + "; ".join(failed)
-    return True, "no worse than the champion on ECE, critical recall, cost and quality " + \
-        ", ".join(f"{name} {challenger[name]:.4f} vs {champion[name]:.4f}"
-                  for name, _, _ in checks)
+        return False, f"worse than the champion on {', '.join(failed)} ({verdicts})"
+    return True, f"no worse than the champion ({verdicts})"
 
 
 def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -170,7 +179,7 @@ def register(params: Params, bundle: Path, test: pd.DataFrame) -> dict[str, Any]
         promote, reason, champion = True, "no champion yet", None
     else:
         champion = rescore(settings.model_name, champion_version, test, params)
-        promote, reason = compare(challenger, champion, settings.tolerances)
+        promote, reason = compare(challenger, champion, settings.tolerances, params.calibrate)
     if promote:
         client.set_registered_model_alias(settings.model_name, "champion", version)
     client.set_model_version_tag(settings.model_name, version, "promotion",

@@ -12,7 +12,7 @@ import pytest
 from router.classifier import MODEL_META, load_classifier
 from tests.conftest import CONFIG_PATH
 from training.evaluate import evaluate_model, write_plots
-from training.params import Params, Tolerances
+from training.params import CalibrateParams, Params, Tolerances
 from training.register import compare, register
 
 BETTER = {"ece": 0.02, "critical_recall": 0.9, "cost_ratio_vs_frontier": 0.2,
@@ -20,14 +20,26 @@ BETTER = {"ece": 0.02, "critical_recall": 0.9, "cost_ratio_vs_frontier": 0.2,
 
 
 def test_compare_refuses_a_worse_challenger() -> None:
-    tolerances = Tolerances()
-    assert compare(BETTER, BETTER, tolerances)[0]
-    worse = {**BETTER, "ece": 0.05}
-    promoted, reason = compare(worse, BETTER, tolerances)
+    tolerances, target = Tolerances(), CalibrateParams(quality_target=0.95)
+    assert compare(BETTER, BETTER, tolerances, target)[0]
+    promoted, reason = compare({**BETTER, "ece": 0.05}, BETTER, tolerances, target)
     assert not promoted
-    assert "ece 0.0500 vs champion 0.0200" in reason
-    assert not compare({**BETTER, "quality_ratio_vs_frontier": 0.9}, BETTER, tolerances)[0]
-    assert compare({**BETTER, "ece": 0.024}, BETTER, tolerances)[0]  # within tolerance
+    assert reason.startswith("worse than the champion on ece (ece 0.0500 vs 0.0200")
+    assert not compare({**BETTER, "quality_ratio_vs_frontier": 0.9}, BETTER, tolerances,
+                       target)[0]
+    assert not compare({**BETTER, "cost_ratio_vs_frontier": 0.3}, BETTER, tolerances, target)[0]
+    assert compare({**BETTER, "ece": 0.024}, BETTER, tolerances, target)[0]  # within tolerance
+
+
+def test_a_champion_overshooting_the_quality_target_sets_no_higher_bar() -> None:
+    """min_cost: both meet the 95% target; the cheaper one wins even with less quality."""
+    cheaper = {**BETTER, "cost_ratio_vs_frontier": 0.15, "quality_ratio_vs_frontier": 0.952}
+    assert compare(cheaper, BETTER, Tolerances(), CalibrateParams(quality_target=0.95))[0]
+    assert not compare(cheaper, BETTER, Tolerances(), CalibrateParams(quality_target=0.97))[0]
+    # max_quality: the cost budget, not the champion's lower cost, is the bar.
+    pricier = {**BETTER, "cost_ratio_vs_frontier": 0.24}
+    assert compare(pricier, BETTER, Tolerances(),
+                   CalibrateParams(objective="max_quality", cost_budget=0.25))[0]
 
 
 def _bundle(tiny_bert_dir: Path, folder: Path, temperature: float) -> Path:
@@ -74,7 +86,7 @@ def test_first_model_becomes_champion_and_a_worse_one_does_not(
     _stage_files(bad, test, params, router_config)
     second = register(params, bad, test)
     assert second["promoted"] is False
-    assert second["reason"].startswith("worse than the champion on: ")
+    assert second["reason"].startswith("worse than the champion on ")
     assert second["champion_metrics_on_same_fold"]["ece"] == pytest.approx(
         first["challenger_metrics"]["ece"], abs=1e-6)
 
