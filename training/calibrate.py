@@ -31,6 +31,7 @@ from router.classifier import MODEL_META
 from router.config import RouterConfig, load_config
 from router.gate import Thresholds
 from training.params import CalibrateParams, load_params
+from training.paths import CALIBRATED, MERGED, VALIDATION, metrics_file
 from training.scoring import (
     CALIBRATION_SOURCES,
     fit_temperature,
@@ -45,10 +46,7 @@ from training.scoring import (
 
 logger = logging.getLogger(__name__)
 
-MERGED = Path("models/classifier/merged")
-VALIDATION = Path("data/pipeline/split/validation.parquet")
-CALIBRATED = Path("models/calibrated")
-METRICS = Path("metrics/calibrate.json")
+METRICS = metrics_file("calibrate")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from router.config import RouterConfig, load_config
 from router.gate import Thresholds
 from router.tiers import TIERS
 from training.params import EvaluateParams, load_params
+from training.paths import CALIBRATED, PLOTS_DIR, TEST, metrics_file
 from training.scoring import (
     CALIBRATION_SOURCES,
     bootstrap_interval,
@@ -42,11 +43,8 @@ from training.scoring import (
 
 logger = logging.getLogger(__name__)
 
-CALIBRATED = Path("models/calibrated")
-TEST = Path("data/pipeline/split/test.parquet")
-CLASSIFIER_METRICS = Path("metrics/classifier.json")
-GATE_METRICS = Path("metrics/gate.json")
-PLOTS = Path("plots")
+CLASSIFIER_METRICS = metrics_file("classifier")
+GATE_METRICS = metrics_file("gate")
 METRIC_MODULE = Path(__file__).resolve().parent / "metrics" / "calibration"
 HIGH_STAKES = ("finance", "legal", "medical")
 
@@ -221,7 +219,7 @@ def main() -> None:
     CLASSIFIER_METRICS.parent.mkdir(parents=True, exist_ok=True)
     CLASSIFIER_METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
     GATE_METRICS.write_text(json.dumps(gate, indent=2) + "\n")
-    write_plots(plot, metrics["confusion"], PLOTS)
+    write_plots(plot, metrics["confusion"], PLOTS_DIR)
     logger.info("evaluate: ECE %.4f (95%% CI %.4f-%.4f; %.4f before T) on %d rows; critical "
                 "recall %.3f; cost ratio %.3f, quality ratio %.3f vs frontier",
                 metrics["ece"], *metrics["ece_ci95"], metrics["ece_before_temperature"],

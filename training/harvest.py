@@ -40,6 +40,7 @@ from router.normalise import normalise
 from router.telemetry import DecisionLog, DecisionRecord, decisions, hash_text
 from router.tiers import TIERS
 from training.params import HarvestParams, ParamsError, load_params
+from training.paths import HARVEST_QUARANTINE, HARVEST_ROWS, metrics_file
 from training.textops import (
     DOMAINS,
     PII_KINDS,
@@ -52,9 +53,9 @@ from workloads import Outcome, Workload, WorkloadFormatError, WorkloadRecord, lo
 
 logger = logging.getLogger(__name__)
 
-ROWS_PATH = Path("data/pipeline/harvest/rows.parquet")
-QUARANTINE_PATH = Path("data/pipeline/harvest/quarantine.jsonl")
-METRICS_PATH = Path("metrics/harvest.json")
+ROWS_PATH = HARVEST_ROWS
+QUARANTINE_PATH = HARVEST_QUARANTINE
+METRICS_PATH = metrics_file("harvest")
 
 LOG_SOURCE = "log"
 # The harvest columns, in order (training/__init__.py); every one is a string or null.

@@ -15,7 +15,6 @@ import json
 import logging
 import sys
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -31,12 +30,12 @@ from training.labellers import (
     has_outcomes,
 )
 from training.params import LabelParams, ParamsError, load_params
+from training.paths import HARVEST_ROWS, LABELLED, metrics_file
 
 logger = logging.getLogger(__name__)
 
-ROWS = Path("data/pipeline/harvest/rows.parquet")
-LABELLED = Path("data/pipeline/label/labelled.parquet")
-METRICS = Path("metrics/label.json")
+ROWS = HARVEST_ROWS
+METRICS = metrics_file("label")
 REQUIRED_COLUMNS = ("row_id", "source", "text", "outcomes", "scores")
 
 

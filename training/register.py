@@ -28,15 +28,11 @@ from router.classifier import MLFLOW_ARTIFACT, MODEL_META, registered_model_dir
 from router.config import load_config
 from training.evaluate import evaluate_model, load_bundle
 from training.params import CalibrateParams, Params, Tolerances, load_params
+from training.paths import CALIBRATED, METRICS_DIR, PLOTS_DIR, REGISTRATION, TEST, metrics_file
 from training.scoring import model_logits
 
 logger = logging.getLogger(__name__)
 
-CALIBRATED = Path("models/calibrated")
-TEST = Path("data/pipeline/split/test.parquet")
-METRICS_DIR = Path("metrics")
-PLOTS = Path("plots")
-REGISTRATION = Path("registration.json")
 
 
 def compare(challenger: dict[str, Any], champion: dict[str, Any], tolerances: Tolerances,
@@ -143,8 +139,8 @@ def register(params: Params, bundle: Path, test: pd.DataFrame) -> dict[str, Any]
     experiment_id = setup_mlflow(settings.tracking_uri, settings.artifact_root,
                                  settings.experiment)
     client = MlflowClient()
-    metrics = json.loads((METRICS_DIR / "classifier.json").read_text())
-    gate = json.loads((METRICS_DIR / "gate.json").read_text())
+    metrics = json.loads(metrics_file("classifier").read_text())
+    gate = json.loads(metrics_file("gate").read_text())
     meta = json.loads((bundle / MODEL_META).read_text())
     tags = {"model_version": meta.get("version", "?"), "code_version": _code_version(),
             "data.test": _file_digest(TEST),
@@ -156,7 +152,7 @@ def register(params: Params, bundle: Path, test: pd.DataFrame) -> dict[str, Any]
         mlflow.log_metrics({k: float(v) for k, v in _leaves({**metrics, "gate": gate}).items()
                             if _numeric(v)})
         mlflow.set_tags(tags)
-        for path in sorted(METRICS_DIR.glob("*.json")) + sorted(PLOTS.glob("*.png")):
+        for path in sorted(METRICS_DIR.glob("*.json")) + sorted(PLOTS_DIR.glob("*.png")):
             mlflow.log_artifact(str(path), artifact_path=path.parent.name)
         example_in = pd.DataFrame({"text": ["user: How do I reset my PIN?"]})
         example_out = pd.DataFrame([{"simple": 0.8, "medium": 0.1, "critical": 0.1}])

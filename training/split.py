@@ -31,13 +31,13 @@ import pyarrow.parquet as pq
 
 from router.tiers import TIERS
 from training.params import ParamsError, SplitParams, load_params
+from training.paths import LABELLED, SPLIT_DIR, metrics_file
 from training.textops import DOMAINS, connected_components, minhash_signatures, similar_pairs
 
 logger = logging.getLogger(__name__)
 
-LABELLED_PATH = Path("data/pipeline/label/labelled.parquet")
-SPLIT_DIR = Path("data/pipeline/split")
-METRICS_PATH = Path("metrics/split.json")
+LABELLED_PATH = LABELLED
+METRICS_PATH = metrics_file("split")
 
 FOLDS: tuple[str, ...] = ("train", "validation", "test")
 SLICES: tuple[str, ...] = ("critical", *DOMAINS, "rare")

@@ -39,12 +39,11 @@ import pandas as pd
 from router.classifier import MODEL_META
 from router.tiers import TIERS
 from training.params import ParamsError, TrainParams, load_params
+from training.paths import MODEL_DIR, SPLIT_DIR, metrics_file
 
 logger = logging.getLogger(__name__)
 
-SPLIT_DIR = Path("data/pipeline/split")
-MODEL_DIR = Path("models/classifier")
-METRICS_PATH = Path("metrics/train.json")
+METRICS_PATH = metrics_file("train")
 ADAPTER_SUBDIR = "adapter"
 MERGED_SUBDIR = "merged"
 

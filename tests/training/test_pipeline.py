@@ -51,7 +51,8 @@ def test_tiny_dvc_repro_end_to_end(tmp_path: Path, tiny_bert_dir: Path) -> None:
                             ignore=shutil.ignore_patterns("__pycache__", "pipeline"))
         else:
             shutil.copy2(source, repo / name)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_bert_dir)))
+    params = tiny_params(tiny_bert_dir)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
@@ -72,6 +73,12 @@ def test_tiny_dvc_repro_end_to_end(tmp_path: Path, tiny_bert_dir: Path) -> None:
         assert key in metrics, key
     assert (repo / "plots" / "reliability.png").stat().st_size > 0
     assert (repo / "models" / "calibrated" / "router_model.json").exists()
+    import mlflow
+
+    tracking = f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking)
+    champion = mlflow.MlflowClient().get_model_version_by_alias("tier-classifier", "champion")
+    assert str(champion.version) == registration["version"]
 
     again = _run([dvc, "repro"], repo, env)
     assert "Data and pipelines are up to date" in again, again
@@ -80,15 +87,12 @@ def test_tiny_dvc_repro_end_to_end(tmp_path: Path, tiny_bert_dir: Path) -> None:
     _run(["git", "commit", "-qm", "first run"], repo, env)
     _run([dvc, "exp", "run", "-S", "train.lora_r=4"], repo, env)
 
-    import mlflow
     import nbformat
     from nbclient import NotebookClient
 
-    tracking = f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
-    mlflow.set_tracking_uri(tracking)
     runs = mlflow.search_runs(experiment_names=["tier-classifier"])
     assert len(runs) == 2
-    assert sorted(runs["params.train.lora_r"]) == ["4", "8"]
+    assert sorted(runs["params.train.lora_r"]) == sorted(["4", str(params["train"]["lora_r"])])
 
     notebook = nbformat.read(repo / "notebooks" / "compare_calibration_runs.ipynb", as_version=4)
     os.environ["TIER_ROUTER_TRACKING_URI"] = tracking

@@ -1,0 +1,27 @@
+"""Where the stages read and write, relative to the repository root (dvc.yaml names the same).
+
+One place for every file between stages, so a reader follows a data flow from here to dvc.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PIPELINE = Path("data/pipeline")
+HARVEST_ROWS = PIPELINE / "harvest" / "rows.parquet"
+HARVEST_QUARANTINE = PIPELINE / "harvest" / "quarantine.jsonl"
+LABELLED = PIPELINE / "label" / "labelled.parquet"
+SPLIT_DIR = PIPELINE / "split"
+VALIDATION = SPLIT_DIR / "validation.parquet"
+TEST = SPLIT_DIR / "test.parquet"
+MODEL_DIR = Path("models/classifier")  # train: adapter/ and merged/
+MERGED = MODEL_DIR / "merged"
+CALIBRATED = Path("models/calibrated")  # the deployable bundle
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+REGISTRATION = Path("registration.json")
+
+
+def metrics_file(stage: str) -> Path:
+    """``metrics/<stage>.json``."""
+    return METRICS_DIR / f"{stage}.json"
