@@ -11,8 +11,7 @@ would get from the simulator, computed directly.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from router.config import RouterConfig
 from router.gate import Thresholds
 from router.overrides import DomainOverrides
 from router.tiers import TIERS
+from training.labellers import json_map
 
 # Rows labelled by a stated rule (support intents) never count toward calibration metrics.
 CALIBRATION_SOURCES = ("outcomes", "judge")
@@ -148,8 +148,8 @@ def outcome_table(rows: pd.DataFrame, config: RouterConfig) -> OutcomeTable:
     cost = np.zeros((len(rows), len(TIERS)))
     for i, (outcomes, costs, text) in enumerate(zip(rows["outcomes"], rows["costs"],
                                                     rows["text"], strict=True)):
-        outcomes = _json(outcomes)
-        costs = _json(costs)
+        outcomes = json_map(outcomes, where=f"row {i}: outcomes")
+        costs = json_map(costs, where=f"row {i}: costs")
         tokens = len(text) / CHARS_PER_TOKEN
         for j, tier in enumerate(TIERS):
             value = outcomes.get(tier)
@@ -159,12 +159,6 @@ def outcome_table(rows: pd.DataFrame, config: RouterConfig) -> OutcomeTable:
             cost[i, j] = (float(recorded) if recorded is not None else
                           tokens * prices[tier][0] + ESTIMATED_OUTPUT_TOKENS * prices[tier][1])
     return OutcomeTable(correct, cost)
-
-
-def _json(value: Any) -> Mapping[str, Any]:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return {}
-    return json.loads(value) if isinstance(value, str) else dict(value)
 
 
 def policy_tiers(probs: np.ndarray, thresholds: Thresholds,
