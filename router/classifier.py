@@ -88,6 +88,8 @@ class InProcessClassifier:
             raise ClassifierError(f"{path}: labels {sorted(labels.values())} are not the tiers "
                                   f"{list(TIERS)}")
         self._order = [labels[index] for index in range(len(labels))]
+        # Column permutation: model label order -> TIERS order, so callers never reorder.
+        self._to_tiers = [self._order.index(tier) for tier in TIERS]
         if self.tokenizer.pad_token is None:
             # Decoder backbones (Qwen2) ship without a pad token; the model must know it too.
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -99,20 +101,19 @@ class InProcessClassifier:
         # One forward pass at a time: torch already uses every core for one batch.
         self._lock = threading.Lock()
 
-    def logits(self, texts: Sequence[str]):  # -> torch.Tensor (n, 3) in self._order
+    def logits(self, texts: Sequence[str]):  # -> torch.Tensor (n, 3), columns in TIERS order
         from router.normalise import encode_for_classifier
 
         encoded = encode_for_classifier(self.tokenizer, texts, self.meta.max_length)
         batch = self.tokenizer.pad(encoded, return_tensors="pt").to(self.device)
         with self._lock, self._torch.inference_mode():
-            return self.model(**batch).logits.float()
+            return self.model(**batch).logits.float()[:, self._to_tiers]
 
     def predict(self, texts: Sequence[str]) -> list[TierScores]:
         if not texts:
             return []
         probs = self._torch.softmax(self.logits(texts) / self.meta.temperature, dim=-1).cpu()
-        return [{tier: float(row[i]) for i, tier in enumerate(self._order)}
-                for row in probs.tolist()]
+        return [dict(zip(TIERS, row, strict=True)) for row in probs.tolist()]
 
 
 def _read_meta(path: Path) -> ClassifierMeta:

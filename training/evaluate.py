@@ -85,7 +85,8 @@ def evaluate_model(logits: np.ndarray, temperature: float, thresholds: Threshold
     labels = label_indices(cal_rows["label"].tolist())
     weights = cal_rows["weight"].to_numpy(dtype=float) if "weight" in cal_rows else None
     raw = softmax(logits[usable])
-    probs = softmax(logits[usable], temperature)
+    all_probs = softmax(logits, temperature)
+    probs = all_probs[usable]
     metric = hf_evaluate.load(str(METRIC_MODULE))
     headline = metric.compute(predictions=probs.tolist(), references=labels.tolist(),
                               bins=params.ece_bins,
@@ -115,7 +116,6 @@ def evaluate_model(logits: np.ndarray, temperature: float, thresholds: Threshold
     }
 
     # The fitted policy, replayed on the outcome tables (overrides included).
-    all_probs = softmax(logits, temperature)
     overridden = overridden_rows(rows["text"].tolist(), config)
     target, escalated = policy_tiers(all_probs, thresholds, overridden)
     table = outcome_table(rows, config)

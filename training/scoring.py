@@ -38,11 +38,8 @@ def model_logits(model_dir: Path, texts: Sequence[str], batch_size: int = 64) ->
     from router.classifier import InProcessClassifier
 
     classifier = InProcessClassifier(model_dir)
-    order = [classifier._order.index(tier) for tier in TIERS]  # model order -> TIERS order
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        logits = classifier.logits(list(texts[start:start + batch_size])).cpu().numpy()
-        chunks.append(logits[:, order])
+    chunks = [classifier.logits(list(texts[start:start + batch_size])).cpu().numpy()
+              for start in range(0, len(texts), batch_size)]
     return np.concatenate(chunks) if chunks else np.zeros((0, len(TIERS)))
 
 
