@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup test lint simulate repro
+.PHONY: setup test lint simulate repro bench
 
 setup: $(VENV)/.installed
 
@@ -38,3 +38,17 @@ repro: setup
 
 simulate: setup
 	$(BIN)/tier-router simulate --config configs/router.yaml --port $${SIM_PORT:-8900}
+
+# The benchmarks behind docs/benchmarks.md (DESIGN's performance targets), on the registered
+# champion models (`make repro` first). Each command prints its figures and writes JSON + PNG;
+# bench-docs renders the Markdown from them, never by hand. About 30 minutes on 2 cores.
+BENCH_DIR := docs/benchmarks
+BENCH := $(BIN)/tier-router bench --bootstrap 500
+bench: setup
+	$(BENCH) --workload routerbench --out $(BENCH_DIR)/routerbench.json --plots $(BENCH_DIR)
+	$(BENCH) --workload mmlu --out $(BENCH_DIR)/mmlu.json --plots $(BENCH_DIR)
+	$(BENCH) --workload gsm8k --out $(BENCH_DIR)/gsm8k.json --plots $(BENCH_DIR)
+	$(BENCH) --workload mixed --out $(BENCH_DIR)/mixed.json --plots $(BENCH_DIR)
+	$(BENCH) --workload paraphrase --out $(BENCH_DIR)/paraphrase.json
+	$(BIN)/tier-router overhead --out $(BENCH_DIR)/overhead.json
+	$(BIN)/tier-router bench-docs $(BENCH_DIR) docs/benchmarks.md

@@ -5,8 +5,9 @@
 * a local directory: any Hugging Face sequence-classification model whose labels are the three
   tier words (MiniLM + LoRA merged by training, a tiny test model, Qwen2.5-0.5B...), run
   in-process on the CPU or GPU. An optional ``router_model.json`` beside the weights carries what
-  training fitted: ``{"version", "temperature", "thresholds": {"escalate", "trust"},
-  "max_length"}``.
+  training fitted: ``{"version", "temperature", "bias", "thresholds": {"escalate", "trust"},
+  "max_length"}``. Probabilities are ``softmax(logits / temperature + bias)`` (``bias``: one
+  logit offset per tier in TIERS order, default zeros; bias-corrected temperature scaling).
 
 The vLLM ``/classify`` backend joins this registry with the service.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,10 +39,11 @@ class ClassifierError(RouterError):
 
 @dataclass(frozen=True)
 class ClassifierMeta:
-    """What training stored with the model: version, temperature, fitted thresholds."""
+    """What training stored with the model: version, calibration, fitted thresholds."""
 
     version: str
     temperature: float = 1.0
+    bias: tuple[float, ...] = (0.0,) * len(TIERS)  # logit offsets in TIERS order
     thresholds: Mapping[str, float] | None = None
     max_length: int = DEFAULT_MAX_LENGTH
 
@@ -112,8 +115,34 @@ class InProcessClassifier:
     def predict(self, texts: Sequence[str]) -> list[TierScores]:
         if not texts:
             return []
-        probs = self._torch.softmax(self.logits(texts) / self.meta.temperature, dim=-1).cpu()
+        bias = self._torch.tensor(self.meta.bias, device=self.device)
+        probs = self._torch.softmax(self.logits(texts) / self.meta.temperature + bias,
+                                    dim=-1).cpu()
         return [dict(zip(TIERS, row, strict=True)) for row in probs.tolist()]
+
+    def predict_with_embeddings(self, texts: Sequence[str]):  # -> (list[TierScores], np.ndarray)
+        """:meth:`predict` plus a sentence embedding per text, from the same forward pass.
+
+        The embedding is the attention-mask mean of the last hidden state, L2-normalised: float32
+        numpy (n, hidden_size). The semantic cache takes it, so the request path runs the encoder
+        once (DESIGN: a second MiniLM pass would eat the router's whole overhead budget).
+        """
+        import numpy as np
+
+        from router.cache.encoder import mean_pool
+        from router.normalise import encode_for_classifier
+
+        if not texts:
+            return [], np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        encoded = encode_for_classifier(self.tokenizer, texts, self.meta.max_length)
+        batch = self.tokenizer.pad(encoded, return_tensors="pt").to(self.device)
+        with self._lock, self._torch.inference_mode():
+            output = self.model(**batch, output_hidden_states=True)
+            logits = output.logits.float()[:, self._to_tiers]
+            embeddings = mean_pool(output.hidden_states[-1], batch["attention_mask"])
+        bias = self._torch.tensor(self.meta.bias, device=self.device)
+        probs = self._torch.softmax(logits / self.meta.temperature + bias, dim=-1).cpu()
+        return [dict(zip(TIERS, row, strict=True)) for row in probs.tolist()], embeddings
 
 
 def _read_meta(path: Path) -> ClassifierMeta:
@@ -124,12 +153,17 @@ def _read_meta(path: Path) -> ClassifierMeta:
         data = json.loads(meta_path.read_text())
         meta = ClassifierMeta(version=str(data.get("version", path.name)),
                               temperature=float(data.get("temperature", 1.0)),
+                              bias=tuple(float(b) for b in
+                                         data.get("bias", (0.0,) * len(TIERS))),
                               thresholds=data.get("thresholds"),
                               max_length=int(data.get("max_length", DEFAULT_MAX_LENGTH)))
     except (ValueError, TypeError, AttributeError) as exc:
         raise ClassifierError(f"{meta_path}: unreadable: {exc}") from exc
     if meta.temperature <= 0:
         raise ClassifierError(f"{meta_path}: temperature must be > 0, got {meta.temperature}")
+    if len(meta.bias) != len(TIERS) or not all(math.isfinite(b) for b in meta.bias):
+        raise ClassifierError(f"{meta_path}: bias needs {len(TIERS)} finite numbers (one per "
+                              f"tier in the order {list(TIERS)}), got {list(meta.bias)}")
     if meta.thresholds is not None and set(meta.thresholds) != {"escalate", "trust"}:
         raise ClassifierError(f"{meta_path}: thresholds need exactly 'escalate' and 'trust'")
     return meta

@@ -27,6 +27,27 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> N
         # LiteLLM logs every call at INFO; the decision log already records each one.
         for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "httpx"):
             logging.getLogger(name).setLevel(logging.WARNING)
+            # Per-deployment prices are the config's on purpose; LiteLLM warns about each one.
+            logging.getLogger(name).addFilter(
+                lambda rec: "has custom pricing but not in built-in cost map"
+                not in rec.getMessage())
+
+
+def _command_line() -> str:
+    """How this command was invoked, for reports that say how to reproduce them."""
+    import shlex
+    import sys
+
+    return "tier-router " + shlex.join(sys.argv[1:])
+
+
+def _write_report(report: dict, out: Path) -> None:
+    """A bench report as JSON, with the command line that reproduces it."""
+    import json
+
+    report["command"] = _command_line()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -142,6 +163,182 @@ def replay(
     typer.echo(json.dumps({k: report[k] for k in (
         "requests", "failures", "cost_per_task", "quality", "escalation_rate", "fallbacks",
         "p50_ms", "p95_ms")}))
+
+
+@app.command()
+def bench(
+    workload: Annotated[str, typer.Option(
+        help="routerbench, mmlu, gsm8k, mt_bench, mixed, paraphrase, or a PATH in the "
+             "RouterBench or RouteLLM layout")],
+    out: Annotated[Path, typer.Option(help="JSON report to write")],
+    plots: Annotated[Path | None, typer.Option(help="folder for the PNG curves")] = None,
+    config: Annotated[Path, typer.Option(help="router YAML")] = Path("configs/router.yaml"),
+    classifier: Annotated[str, typer.Option(help="tier classifier spec")]
+        = "models:/tier-classifier@champion",
+    scorer: Annotated[str, typer.Option(help="response scorer spec")]
+        = "models:/response-scorer@champion",
+    tracking_uri: Annotated[str, typer.Option(help="MLflow store for models:/ specs")]
+        = "sqlite:///mlruns/mlflow.db",
+    simulator: Annotated[str | None, typer.Option(
+        help="a running simulator's root URL (default: start one on 127.0.0.1)")] = None,
+    fold_file: Annotated[Path, typer.Option(
+        help="the split stage's test fold: a built-in workload reports on its rows there")]
+        = Path("data/pipeline/split/test.parquet"),
+    limit: Annotated[int | None, typer.Option(min=2, help="this many test rows, drawn "
+                                               "with --seed (default: all; mixed: 1000)")] = None,
+    bootstrap: Annotated[int, typer.Option(min=10, help="bootstrap resamples")] = 500,
+    seed: Annotated[int, typer.Option()] = 0,
+    concurrency: Annotated[int, typer.Option(min=1, max=256)] = 8,
+    data_dir: Annotated[Path | None, typer.Option(help="folder of built-in workloads")] = None,
+    observations: Annotated[Path | None, typer.Option(
+        help=".npz of per-row, per-tier observations: reused if it exists (same models and "
+             "rows only), else written")] = None,
+) -> None:
+    """Replay a workload under every approach (frontier-only ... oracle); curves, AIQ, intervals.
+
+    The benchmark harness lives in the ``bench`` package; only this edge imports it.
+    """
+    import json
+
+    from bench.main import (
+        MIXED_ROWS,
+        run_mixed_bench,
+        run_outcome_bench,
+        run_paraphrase_bench,
+        select_rows,
+    )
+    from bench.observe import BenchError
+    from bench.run import write_plots
+    from router.classifier import ClassifierError, load_classifier
+    from router.scorer import ScorerError, load_scorer
+    from simulator import BackgroundServer, SimulatorError, build_simulator, create_app
+    from workloads import BUILTIN, OUTCOME_WORKLOADS, WorkloadFormatError, load_workload
+
+    mixed = workload == "mixed"
+    try:
+        router_config = load_config(config)
+        if workload == "paraphrase":
+            loaded = {}
+        elif mixed:
+            sources = ("routerbench", "mmlu", "gsm8k", "banking77", "clinc150")
+            loaded = {name: load_workload(name, data_dir) for name in sources}
+        else:
+            loaded = load_workload(workload, data_dir)
+            rows = select_rows(loaded, workload in BUILTIN, fold_file, limit, seed)
+            logger.info("bench %s: %d rows (%s)", workload, len(rows.test), rows.source)
+        if "models:/" in classifier + scorer:
+            import mlflow
+
+            mlflow.set_tracking_uri(tracking_uri)
+        tier_classifier = load_classifier(classifier)
+        response_scorer = load_scorer(scorer)
+    except (ConfigError, WorkloadFormatError, ClassifierError, ScorerError, BenchError,
+            ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+    if workload == "paraphrase":  # the cache alone: no provider calls, no simulator
+        report = run_paraphrase_bench(tier_classifier, seed=seed, limit=limit,
+                                      bootstrap=bootstrap)
+        _write_report(report, out)
+        typer.echo(json.dumps(report["datasets"], indent=1))
+        return
+
+    def run(url: str) -> dict:
+        if mixed:
+            return run_mixed_bench(loaded, fold_file, limit or MIXED_ROWS, router_config,
+                                   tier_classifier, response_scorer, url, bootstrap=bootstrap,
+                                   seed=seed, concurrency=concurrency, observations=observations)
+        return run_outcome_bench(loaded, rows, router_config, tier_classifier, response_scorer,
+                                 url, bootstrap=bootstrap, seed=seed, concurrency=concurrency,
+                                 observations=observations)
+
+    try:
+        if simulator is None:
+            sim = build_simulator(router_config, data_dir=data_dir, latency_scale=0.0,
+                                  workloads=[n for n in loaded if n in OUTCOME_WORKLOADS]
+                                  if mixed else [workload])
+            with BackgroundServer(create_app(sim)) as server:
+                report = run(server.url)
+        else:
+            report = run(simulator)
+    except (SimulatorError, BenchError) as exc:
+        raise _fail(str(exc)) from None
+    _write_report(report, out)
+    if plots is not None:
+        write_plots(report, plots, out.stem)
+    typer.echo(json.dumps({name: {k: round(v, 6) if isinstance(v, float) else v
+                                  for k, v in row.items() if k != "quality_ci"}
+                           for name, row in report["approaches"].items()}, indent=1))
+
+
+@app.command()
+def overhead(
+    out: Annotated[Path, typer.Option(help="JSON report to write")],
+    config: Annotated[Path, typer.Option(help="router YAML")] = Path("configs/router.yaml"),
+    classifier: Annotated[str, typer.Option(help="tier classifier spec (a local model: the "
+                                                 "cache shares its encoder pass)")]
+        = "models:/tier-classifier@champion",
+    tracking_uri: Annotated[str, typer.Option(help="MLflow store for models:/ specs")]
+        = "sqlite:///mlruns/mlflow.db",
+    requests: Annotated[int, typer.Option(min=20, help="requests per case")] = 200,
+    warm: Annotated[int, typer.Option(min=0, help="other queries in the cache")] = 2000,
+    data_dir: Annotated[Path | None, typer.Option(help="folder of built-in workloads")] = None,
+) -> None:
+    """Router overhead without the LLM call: cache miss / exact hit / semantic hit vs one
+    MiniLM pass, single query and at concurrency 8 and 32, at 32 and 128 tokens."""
+    import json
+
+    from bench.overhead import measure
+    from router.cache import (
+        CacheError,
+        EncoderError,
+        MiniLMEncoder,
+        SharedPassEncoder,
+        create_cache,
+    )
+    from router.classifier import ClassifierError, load_classifier
+    from router.dispatch import Dispatcher
+    from router.policy import RouterPolicy
+    from workloads import WorkloadFormatError, load_workload
+
+    try:
+        router_config = load_config(config)
+        if classifier.startswith("models:"):
+            import mlflow
+
+            mlflow.set_tracking_uri(tracking_uri)
+        tier_classifier = load_classifier(classifier)
+        cache = create_cache(router_config.cache, SharedPassEncoder(tier_classifier), path=None)
+        records = [r for name in ("routerbench", "mmlu")
+                   for r in load_workload(name, data_dir).records]
+    except (ConfigError, ClassifierError, CacheError, EncoderError, WorkloadFormatError,
+            ValueError) as exc:
+        raise _fail(str(exc)) from None
+    policy = RouterPolicy(router_config, tier_classifier, Dispatcher(router_config),
+                          cache=cache)
+    report = measure(policy, cache, MiniLMEncoder(), records, tier_classifier.tokenizer,
+                     n=requests, warm=warm)
+    report.update({"classifier": tier_classifier.meta.version,
+                   "similarity_threshold": cache.threshold})
+    _write_report(report, out)
+    typer.echo(json.dumps({tokens: {case: round(row[case]["p50_ms"], 3) for case in row
+                                    if case != "ratios"}
+                           for tokens, row in report["by_tokens"].items()}, indent=1))
+
+
+@app.command("bench-docs")
+def bench_docs(
+    results: Annotated[Path, typer.Argument(help="folder of the bench JSON reports")],
+    out: Annotated[Path, typer.Argument(help="Markdown file to write")],
+) -> None:
+    """Write docs/benchmarks.md from the bench reports: tables, intervals, targets met/missed."""
+    from bench.report import load_results, render
+
+    reports = load_results(results)
+    if not reports:
+        raise _fail(f"{results}: no bench reports (*.json) to render")
+    out.write_text(render(reports))
+    typer.echo(f"{out}: {len(reports)} reports")
 
 
 if __name__ == "__main__":

@@ -196,6 +196,20 @@ class CacheConfig(_Strict):
     max_entries: int = Field(default=100_000, ge=1)
     # Default cosine similarity for a semantic hit; a threshold fitted on paraphrase data wins.
     similarity_threshold: Probability = 0.95
+    # Agreement test (router.cache.embedded): a semantic hit also needs its cosine to beat, by
+    # min_margin, the nearest entry holding a *different* stored answer among `neighbours`
+    # entries, and its min_support nearest entries to hold the same answer. 0 and 1 turn it off
+    # (plain cosine); fitted values come from bench.paraphrase.
+    min_margin: float = Field(default=0.0, ge=0.0, le=2.0)
+    min_support: int = Field(default=1, ge=1)
+    neighbours: int = Field(default=32, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _support_within_window(self) -> CacheConfig:
+        if self.min_support > self.neighbours:
+            raise ValueError(f"min_support ({self.min_support}) must not exceed neighbours "
+                             f"({self.neighbours})")
+        return self
 
 
 class DecisionLogConfig(_Strict):

@@ -1,13 +1,22 @@
 """route(): the whole request path, top to bottom.
 
-    normalise -> overrides -> classifier -> gate -> dispatch -> decision record
+    normalise -> overrides -> cache -> classifier -> gate -> dispatch -> decision record
 
 * ``model="auto"`` routes; a tier name or a configured model id *pins* the request (the
   classifier still scores it and the decision is still logged; overrides do not apply to pins).
 * An override (finance / legal / medical rule) sends the request straight to its tier and is
   logged as an override, not an escalation.
-* The gate's cascade: until the response scorer exists, a cascade decision is recorded as such
-  and dispatched to the predicted tier.
+* The gate's cascade (with a response scorer and ``cascade.enabled``): call the predicted tier,
+  score the answer, escalate while the score is below the scorer's fitted threshold, at most
+  ``cascade.max_calls`` calls (rules in :mod:`router.cascade`). A request whose latency budget
+  (``RouteRequest.latency_budget_ms``, else ``cascade.latency_budget_ms``) the cascade would
+  overrun -- judged on the tiers' recent latencies -- goes straight to the tier the gate names.
+  Without a scorer a cascade decision is dispatched to the predicted tier. The record keeps each
+  step (tier, score, cost) under ``extra["cascade"]``; its cost is the sum of every call.
+* The cache (when given): an exact hit (a dict lookup) answers before the classifier runs; else
+  the classifier's forward pass also yields the request's embedding (one encoder pass) for the
+  semantic lookup. Overridden requests neither look up nor store; an answer from the critical
+  tier is not stored (DESIGN step 3). A hit costs nothing and is recorded with its similarity.
 * Every request leaves exactly one DecisionRecord, answered or failed.
 """
 
@@ -15,11 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from router.cache import CacheError, CacheHit, CacheKey, Encoder, SemanticCache, cache_key
+from router.cascade import CRITICAL, fits_budget, next_tier, should_escalate
 from router.classifier import TierClassifier, TierScores
 from router.config import RouterConfig
 from router.dispatch import Dispatcher, DispatchError, DispatchResult
@@ -27,8 +39,11 @@ from router.errors import RequestFormatError
 from router.gate import GateDecision, Thresholds, decide, resolve_thresholds
 from router.normalise import message_text, normalise, request_messages
 from router.overrides import DomainOverrides, OverrideMatch
+from router.scorer import ResponseScorer
 from router.telemetry import DecisionLog, DecisionRecord
 from router.tiers import TIERS, Tier
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +55,7 @@ class RouteRequest:
     tenant: str = "default"
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     params: dict[str, Any] = field(default_factory=dict)
+    latency_budget_ms: float | None = None  # from a request header; None: the config's
 
 
 @dataclass
@@ -49,15 +65,19 @@ class RouteDecision:
     request_id: str
     text: str  # the normalised request text
     text_hash: str
-    scores: TierScores
-    predicted_tier: Tier
-    confidence: float
+    scores: TierScores  # empty for an exact cache hit (the classifier did not run)
+    predicted_tier: Tier | None
+    confidence: float | None
     target_tier: Tier
     thresholds: Thresholds
     gate: GateDecision | None = None  # None for overrides and pins
     override: OverrideMatch | None = None
     pinned: bool = False
     latency_ms: dict[str, float] = field(default_factory=dict)
+    cascade_skipped_budget_ms: float | None = None  # a cascade decision that would overrun
+    cache_key: CacheKey | None = None  # None: the request is not cacheable
+    cache_hit: CacheHit | None = None
+    embedding: Any = None  # (d,) vector of the shared encoder pass, for storing the answer
 
 
 @dataclass
@@ -68,15 +88,40 @@ class RouteResult:
     record: DecisionRecord
 
 
+def _served_from_cache(hit: CacheHit) -> DispatchResult:
+    """A cache hit as a dispatch result: the stored answer, no tokens billed, no cost."""
+    import litellm
+
+    return DispatchResult(response=litellm.ModelResponse(**hit.response), tier=hit.tier,
+                          deployment="cache", prompt_tokens=0, completion_tokens=0,
+                          cost_usd=0.0, latency_ms=0.0)
+
+
 class RouterPolicy:
     """The request path over a config, a classifier, a dispatcher and a decision log."""
 
     def __init__(self, config: RouterConfig, classifier: TierClassifier, dispatcher: Dispatcher,
-                 decision_log: DecisionLog | None = None) -> None:
+                 decision_log: DecisionLog | None = None,
+                 scorer: ResponseScorer | None = None, cache: SemanticCache | None = None,
+                 encoder: Encoder | None = None) -> None:
+        """``cache``: the semantic cache; its vectors come from the classifier's own pass when
+        the classifier offers ``predict_with_embeddings``, else from ``encoder``."""
         self.config = config
+        self.cache = cache if config.cache.enabled else None
+        self._shared_pass = hasattr(classifier, "predict_with_embeddings")
+        if self.cache is not None and not self._shared_pass and encoder is None:
+            raise ValueError("a cache needs an encoder when the classifier yields no embeddings")
+        self.encoder = encoder
         self.classifier = classifier
         self.dispatcher = dispatcher
         self.decision_log = decision_log
+        self.scorer = scorer
+        self.score_threshold = (scorer.meta.threshold if scorer is not None
+                                and scorer.meta.threshold is not None
+                                else config.cascade.score_threshold)
+        # Recent dispatch latency per tier (ms, exponentially weighted): the cascade's budget
+        # check. A tier not yet seen counts as fitting any budget.
+        self._tier_latency_ms: dict[Tier, float] = {}
         self.overrides = DomainOverrides(config.overrides)
         self.thresholds = resolve_thresholds(config.gate, classifier.meta.thresholds,
                                              classifier.meta.version)
@@ -114,23 +159,46 @@ class RouterPolicy:
             override = self.overrides.match(
                 "\n".join(message_text(m.get("content")) for m in messages))
         lap("override")
-        scores = self.classifier.predict([text])[0]
+        key = hit = embedding = None
+        if self.cache is not None and override is None:
+            key = cache_key(request.messages, request.params, request.model, request.tenant)
+            hit = self.cache.lookup(key)
+            lap("cache_exact")
+        text_hash = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        if hit is not None:  # answered from the cache: no classifier, no gate
+            return RouteDecision(
+                request_id=request.request_id, text=text, text_hash=text_hash, scores={},
+                predicted_tier=None, confidence=None, target_tier=hit.tier,
+                thresholds=self.thresholds, pinned=request.model != "auto", latency_ms=timings,
+                cache_key=key, cache_hit=hit)
+        if key is not None and self._shared_pass:
+            predicted, vectors = self.classifier.predict_with_embeddings([text])
+            scores, embedding = predicted[0], vectors[0]
+        else:
+            scores = self.classifier.predict([text])[0]
+            if key is not None and self.encoder is not None:
+                embedding = self.encoder.encode([text])[0]
         lap("classify")
+        if key is not None:
+            hit = self.cache.lookup(key, embedding)
+            lap("cache_semantic")
         gate = decide(scores, self.thresholds)
         lap("gate")
         pinned = request.model != "auto"
-        if pinned:
+        if hit is not None:
+            target = hit.tier
+        elif pinned:
             target = self._pins[request.model]
         elif override is not None:
             target = override.tier
         else:
             target = gate.target_tier
         return RouteDecision(
-            request_id=request.request_id, text=text,
-            text_hash=hashlib.sha256(text.encode("utf-8")).hexdigest(), scores=scores,
+            request_id=request.request_id, text=text, text_hash=text_hash, scores=scores,
             predicted_tier=gate.predicted_tier, confidence=gate.confidence, target_tier=target,
-            thresholds=self.thresholds, gate=None if pinned or override else gate,
-            override=override, pinned=pinned, latency_ms=timings)
+            thresholds=self.thresholds, gate=None if pinned or override or hit else gate,
+            override=override, pinned=pinned, latency_ms=timings, cache_key=key,
+            cache_hit=hit, embedding=embedding)
 
     async def route(self, request: RouteRequest) -> RouteResult:
         """Decide, dispatch, record. Raises RequestFormatError (bad request) or DispatchError
@@ -139,18 +207,87 @@ class RouterPolicy:
         decision: RouteDecision | None = None
         try:
             decision = await asyncio.to_thread(self.decide, request)
-            result = await self.dispatcher.acompletion(
-                decision.target_tier, request.messages, request_id=request.request_id,
-                **request.params)
+            steps: list[dict[str, Any]] = []
+            if decision.cache_hit is not None:
+                result = _served_from_cache(decision.cache_hit)
+            elif self._cascades(decision, request):
+                result = await self._cascade(decision, request, steps)
+            else:
+                result = await self._dispatch(decision.target_tier, request)
         except (RequestFormatError, DispatchError) as exc:
             self._record(request, decision, None, started, error=exc)
             raise
-        record = self._record(request, decision, result, started)
+        self._store(decision, result)
+        record = self._record(request, decision, result, started, cascade=steps)
         return RouteResult(result.response, decision, result, record)
+
+    def _store(self, decision: RouteDecision, result: DispatchResult) -> None:
+        """Cache a fresh answer unless the critical tier gave it (DESIGN: never cached)."""
+        if (self.cache is None or decision.cache_key is None or decision.cache_hit is not None
+                or result.tier == CRITICAL):
+            return
+        try:
+            self.cache.store(decision.cache_key, result.response.model_dump(), result.tier,
+                             decision.embedding)
+        except CacheError as exc:  # a cache failure must not fail an answered request
+            logger.warning("request %s: answer not cached: %s", decision.request_id, exc)
+
+    def _cascades(self, decision: RouteDecision, request: RouteRequest) -> bool:
+        if (self.scorer is None or not self.config.cascade.enabled or decision.gate is None
+                or decision.gate.action != "cascade" or request.params.get("stream")):
+            return False  # a stream cannot be scored before it is sent
+        budget = (request.latency_budget_ms if request.latency_budget_ms is not None
+                  else self.config.cascade.latency_budget_ms)
+        # Worst case: the first call, then the last allowed call on the frontier.
+        expected = (self._tier_latency_ms.get(decision.target_tier, 0.0)
+                    + self._tier_latency_ms.get(CRITICAL, 0.0))
+        if not fits_budget(expected, budget):
+            decision.cascade_skipped_budget_ms = budget
+            return False
+        return True
+
+    async def _dispatch(self, tier: Tier, request: RouteRequest) -> DispatchResult:
+        result = await self.dispatcher.acompletion(tier, request.messages,
+                                                   request_id=request.request_id,
+                                                   **request.params)
+        previous = self._tier_latency_ms.get(result.tier)
+        self._tier_latency_ms[result.tier] = (result.latency_ms if previous is None
+                                              else 0.8 * previous + 0.2 * result.latency_ms)
+        return result
+
+    async def _cascade(self, decision: RouteDecision, request: RouteRequest,
+                       steps: list[dict[str, Any]]) -> DispatchResult:
+        """Call, score, escalate while the score is low; returns the kept answer's result with
+        the cost, latency, deployments and fallbacks of every call summed into it."""
+        assert self.scorer is not None
+        tier: Tier = decision.target_tier
+        calls, total_cost, total_ms = 0, 0.0, 0.0
+        tried: list[str] = []
+        fallbacks: list[dict[str, str]] = []
+        while True:
+            result = await self._dispatch(tier, request)
+            calls += 1
+            total_cost += result.cost_usd
+            total_ms += result.latency_ms
+            tried += result.deployments_tried
+            fallbacks += result.fallbacks
+            answer = result.response.choices[0].message.content or ""
+            clock = time.perf_counter()
+            score = (await asyncio.to_thread(self.scorer.score, [decision.text], [answer],
+                                             [result.tier]))[0]
+            steps.append({"tier": result.tier, "score": score, "cost_usd": result.cost_usd,
+                          "scorer_ms": (time.perf_counter() - clock) * 1000})
+            following = next_tier(result.tier, calls, self.config.cascade.max_calls)
+            if following is None or not should_escalate(score, self.score_threshold):
+                break
+            tier = following
+        return replace(result, cost_usd=total_cost, latency_ms=total_ms,
+                       deployments_tried=tried, fallbacks=fallbacks)
 
     def _record(self, request: RouteRequest, decision: RouteDecision | None,
                 result: DispatchResult | None, started: float,
-                error: Exception | None = None) -> DecisionRecord:
+                error: Exception | None = None,
+                cascade: list[dict[str, Any]] | None = None) -> DecisionRecord:
         latency = dict(decision.latency_ms) if decision else {}
         if result is not None:
             latency["dispatch"] = result.latency_ms
@@ -176,6 +313,19 @@ class RouterPolicy:
             record.threshold_source = decision.thresholds.source
             if decision.override:
                 record.extra["override_matched"] = decision.override.matched
+            if decision.cache_key is not None:
+                hit = decision.cache_hit
+                record.cache_status = hit.kind if hit is not None else "miss"
+                record.cache_similarity = hit.similarity if hit is not None else None
+                if hit is not None:
+                    record.extra["cache_entry"] = hit.entry_id
+            if decision.cascade_skipped_budget_ms is not None:
+                record.extra["cascade_skipped_budget_ms"] = decision.cascade_skipped_budget_ms
+        if cascade:
+            record.extra["cascade"] = cascade
+            record.extra["score_threshold"] = self.score_threshold
+            if len(cascade) > 1:
+                record.extra["escalation_reason"] = "cascade"
         if isinstance(error, DispatchError):
             record.deployments_tried = error.deployments_tried
             record.fallbacks = error.fallbacks

@@ -6,7 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from router.config import RouterConfig
-from simulator.app import FailMode, Simulator, SimulatorError, create_app, parse_fail_spec
+from simulator.app import (
+    BackgroundServer,
+    FailMode,
+    Simulator,
+    SimulatorError,
+    create_app,
+    parse_fail_spec,
+)
 from simulator.catalog import Answer, AnswerCatalog, prompt_key
 from workloads import OUTCOME_WORKLOADS, load_workload
 
@@ -30,6 +37,7 @@ __all__ = [
     "OUTCOME_WORKLOADS",
     "Answer",
     "AnswerCatalog",
+    "BackgroundServer",
     "FailMode",
     "Simulator",
     "SimulatorError",

@@ -248,9 +248,11 @@ def create_app(sim: Simulator) -> FastAPI:
                  "total_tokens": 0}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         completion_id = f"chatcmpl-sim-{uuid.uuid4().hex}"
-        sim.remember(completion_id, _eval_record(completion_id, deployment, answer))
         latency = simulate_latency(deployment.served_model, completion_tokens,
                                    seed=f"{sim.seed}|{deployment.key}|{turns[-1]}")
+        sim.remember(completion_id, {**_eval_record(completion_id, deployment, answer),
+                                     # unscaled, so benchmarks can run with --latency-scale 0
+                                     "modelled_latency_ms": latency.total_ms})
         headers = {"x-simulator-answer": answer.kind,
                    "x-simulator-latency-ms": f"{latency.total_ms * sim.latency_scale:.1f}"}
         created = int(time.time())
@@ -320,3 +322,39 @@ async def _stream(sim: Simulator, completion_id: str, created: int, model: str, 
     if usage is not None:
         yield chunk([], usage=usage)
     yield "data: [DONE]\n\n"
+
+
+class BackgroundServer:
+    """An ASGI app served by uvicorn on 127.0.0.1 in a daemon thread (a real HTTP server).
+
+    For commands that need a simulator of their own (``tier-router bench``). ``url`` is its root.
+    """
+
+    def __init__(self, app: FastAPI, port: int = 0, host: str = "127.0.0.1") -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as sock:
+                sock.bind((host, 0))
+                port = sock.getsockname()[1]
+        self.url = f"http://{host}:{port}"
+        self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port,
+                                                     log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True,
+                                        name=f"simulator:{port}")
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30  # seconds
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise SimulatorError(f"the simulator did not start on {self.url}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)

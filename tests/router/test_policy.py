@@ -142,3 +142,65 @@ def test_failed_requests_are_logged(simulator: SimulatorProcess, router_config: 
     assert (row.request_id, row.status, row.final_tier) == ("doomed-1", "error", None)
     assert row.deployments_tried and "no deployment could answer" in row.error
     assert row.extra["http_status"] == 503
+
+
+def test_cascade_scores_escalates_and_sums_the_calls(
+        simulator: SimulatorProcess, router_config: RouterConfig,
+        decision_log: DecisionLog) -> None:
+    from router.scorer import FixedScorer
+
+    messages = [{"role": "user", "content": "Name three prime numbers."}]
+    unsure = ScriptedClassifier({"simple": 0.75, "medium": 0.2, "critical": 0.05})  # cascade
+    dispatcher = Dispatcher(router_config, api_base_override=simulator.root)
+    low = RouterPolicy(router_config, unsure, dispatcher, decision_log, scorer=FixedScorer(0.1))
+    high = RouterPolicy(router_config, unsure, dispatcher, decision_log, scorer=FixedScorer(0.9))
+    escalated = asyncio.run(low.route(RouteRequest(messages=messages)))
+    kept = asyncio.run(high.route(RouteRequest(messages=messages)))
+    # A low score climbs; with max_calls 2 the second (last) call goes to the frontier.
+    assert router_config.cascade.max_calls == 2
+    steps = escalated.record.extra["cascade"]
+    assert [s["tier"] for s in steps] == ["simple", "critical"]
+    assert escalated.record.final_tier == "critical"
+    assert escalated.record.extra["escalation_reason"] == "cascade"
+    assert escalated.record.cost_usd == pytest.approx(sum(s["cost_usd"] for s in steps))
+    assert [s["tier"] for s in kept.record.extra["cascade"]] == ["simple"]
+    assert kept.record.final_tier == "simple" and "escalation_reason" not in kept.record.extra
+    # A budget the cascade would overrun (tiers' latencies are known now) skips it.
+    skipped = asyncio.run(low.route(RouteRequest(messages=messages, latency_budget_ms=0.001)))
+    assert "cascade" not in skipped.record.extra
+    assert skipped.record.final_tier == "simple"
+    assert skipped.record.extra["cascade_skipped_budget_ms"] == 0.001
+
+
+def test_cache_in_the_request_path(simulator: SimulatorProcess, router_config: RouterConfig,
+                                   tiny_bert_dir: Path, decision_log: DecisionLog) -> None:
+    from router.cache import SharedPassEncoder, create_cache
+
+    classifier = load_classifier(str(tiny_bert_dir))  # yields embeddings: one shared pass
+    cache = create_cache(router_config.cache, SharedPassEncoder(classifier), threshold=0.5,
+                         path=None)
+    policy = RouterPolicy(router_config, classifier,
+                          Dispatcher(router_config, api_base_override=simulator.root),
+                          decision_log, cache=cache)
+
+    def ask(text: str, model: str = "simple", tenant: str = "t1"):
+        return asyncio.run(policy.route(RouteRequest(
+            messages=[{"role": "user", "content": text}], model=model, tenant=tenant)))
+
+    first = ask("Name three prime numbers.")
+    assert first.record.cache_status == "miss" and first.record.cost_usd > 0
+    again = ask("Name three prime numbers.")
+    assert again.record.cache_status == "exact" and again.record.cost_usd == 0.0
+    assert again.record.final_model == "cache" and again.record.scores == {}
+    assert again.response.choices[0].message.content == first.response.choices[0].message.content
+    near = ask("Name three prime numbers!")
+    assert near.record.cache_status == "semantic" and 0.5 <= near.record.cache_similarity < 1
+    assert ask("Name three prime numbers.", tenant="t2").record.cache_status == "miss"
+    # The critical tier's answers are never stored; overridden requests never look up.
+    ask("What is the capital of Peru?", model="critical")
+    assert ask("What is the capital of Peru?", model="critical").record.cache_status == "miss"
+    legal = "Under the statute of frauds, is an oral contract for land enforceable?"
+    overridden = ask(legal, model="auto")
+    assert overridden.record.override_rule is not None
+    assert overridden.record.cache_status is None
+

@@ -71,6 +71,13 @@ def test_mmlu_prompt_gets_a_synthetic_answer_marked_as_such(
     medium = client(simulator.url("deepinfra")).chat.completions.create(
         model="zero-one-ai/Yi-34B-Chat", messages=record.messages())
     assert lookup(simulator, medium.id)["recorded_model"] == "gpt4_1106"
+    # MMLU rows without a gold letter still get a letter (a 500 before this was fixed), and
+    # the evaluation lookup carries the modelled latency for benchmarks run at scale 0.
+    no_gold = next(r for r in mmlu.records if not r.gold)
+    answer = client(simulator.url("azure")).chat.completions.create(
+        model="gpt-4-1106-preview", messages=no_gold.messages())
+    assert answer.choices[0].message.content in {f"The answer is {c}." for c in "ABCD"}
+    assert lookup(simulator, answer.id)["modelled_latency_ms"] > 0
 
 
 def test_unknown_prompt_gets_a_deterministic_generic_answer(simulator: SimulatorProcess) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from router.classifier import MODEL_META, load_classifier
 from router.config import RouterConfig
@@ -12,7 +13,13 @@ from router.gate import Thresholds, decide
 from router.tiers import TIERS
 from training.calibrate import calibrate, fit_trust, write_bundle
 from training.params import CalibrateParams
-from training.scoring import fit_temperature, policy_tiers, softmax
+from training.scoring import (
+    expected_calibration_error,
+    fit_scaling,
+    fit_temperature,
+    policy_tiers,
+    softmax,
+)
 
 
 def synthetic_logits(rows: pd.DataFrame, temperature: float, seed: int = 0) -> np.ndarray:
@@ -29,6 +36,29 @@ def test_temperature_recovers_a_known_miscalibration() -> None:
     logits = rng.normal(0.0, 2.0, (4000, 3))
     labels = np.array([rng.choice(3, p=p) for p in softmax(logits)])
     assert abs(fit_temperature(logits * 3.0, labels) - 3.0) < 0.3
+
+
+def test_bias_corrects_a_shift_in_tier_priors() -> None:
+    """A model trained where critical was rarer under-predicts it; offsets fix what T cannot."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(0.0, 2.0, (6000, 3))
+    shift = np.array([0.0, 0.0, 1.0])  # the scored data has e^1 x the critical odds
+    labels = np.array([rng.choice(3, p=p) for p in softmax(logits + shift)])
+    temperature_only = fit_scaling(logits, labels, "temperature")
+    corrected = fit_scaling(logits, labels, "bias_temperature")
+    assert temperature_only.bias == (0.0, 0.0, 0.0)
+    assert corrected.temperature == pytest.approx(1.0, abs=0.1)
+    # offsets are relative to critical's (pinned at 0): simple and medium about -1
+    assert corrected.bias[0] == pytest.approx(-1.0, abs=0.15)
+    assert corrected.bias[1] == pytest.approx(-1.0, abs=0.15)
+    # The share of critical predicted matches the share observed only with the offsets.
+    observed = (labels == 2).mean()
+    assert corrected.probs(logits)[:, 2].mean() == pytest.approx(observed, abs=0.01)
+    assert abs(temperature_only.probs(logits)[:, 2].mean() - observed) > 0.1
+    assert (expected_calibration_error(corrected.probs(logits), labels)
+            < expected_calibration_error(temperature_only.probs(logits), labels) / 1.5)
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        fit_scaling(logits, labels, "isotonic")
 
 
 def test_vectorised_policy_matches_the_gate() -> None:
@@ -75,5 +105,6 @@ def test_bundle_carries_temperature_and_thresholds(tiny_bert_dir: Path, tmp_path
     assert stored == meta
     classifier = load_classifier(str(tmp_path / "calibrated"))
     assert classifier.meta.temperature == fitted.temperature
+    assert classifier.meta.bias == fitted.bias and fitted.method == "bias_temperature"
     assert classifier.meta.thresholds == {"escalate": fitted.escalate, "trust": fitted.trust}
     assert classifier.meta.version.startswith(tiny_bert_dir.name + "-cal")

@@ -9,7 +9,7 @@ from router.gate import Thresholds
 from tests.training.test_calibrate import synthetic_logits
 from training.evaluate import evaluate_model, write_plots
 from training.params import EvaluateParams
-from training.scoring import fit_temperature, label_indices
+from training.scoring import Scaling, fit_temperature, label_indices
 
 PARAMS = EvaluateParams(bootstrap=50)
 KEYS = {"ece", "ece_before_temperature", "ece_ci95", "brier", "macro_f1", "critical_recall",
@@ -22,8 +22,9 @@ def test_metrics_plots_and_slices(fold_rows: pd.DataFrame, router_config: Router
     rows.loc[:49, "label_source"] = "rule"  # rule-labelled rows never count for calibration
     logits = synthetic_logits(rows, 3.0)
     temperature = fit_temperature(logits, label_indices(rows["label"].tolist()))
-    metrics, gate, plot = evaluate_model(logits, temperature, Thresholds(0.5, 0.8, "model:t"),
-                                         rows, router_config, PARAMS)
+    metrics, gate, plot = evaluate_model(logits, Scaling(temperature),
+                                         Thresholds(0.5, 0.8, "model:t"), rows, router_config,
+                                         PARAMS)
     assert set(metrics) >= KEYS
     assert metrics["ece_rows"] == len(rows) - 50
     assert metrics["rule_labelled_rows_excluded"] == 50

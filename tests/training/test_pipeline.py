@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
@@ -38,6 +39,10 @@ def tiny_params(tiny_model: Path) -> dict:
     params["train"].update(base_model=str(tiny_model), max_train_rows=200, epochs=1,
                            max_length=32, eval_steps=5, batch_size=16)
     params["evaluate"].update(bootstrap=20)
+    # The response scorer on the tiny encoder, RouterBench answers only (no GSM8K harvested).
+    params.setdefault("scorer", {}).update(encoder=str(tiny_model), max_length=32,
+                                           response_max_chars=256, sources=["routerbench"],
+                                           bootstrap=20)
     return params
 
 
@@ -73,12 +78,22 @@ def test_tiny_dvc_repro_end_to_end(tmp_path: Path, tiny_bert_dir: Path) -> None:
         assert key in metrics, key
     assert (repo / "plots" / "reliability.png").stat().st_size > 0
     assert (repo / "models" / "calibrated" / "router_model.json").exists()
+    scorer = json.loads((repo / "metrics" / "scorer.json").read_text())
+    for key in ("auroc", "ece", "auroc_before_calibration", "ece_before_calibration",
+                "threshold"):
+        assert key in scorer, key
+    assert registration["scorer"]["promoted"] is True
+    assert (repo / "models" / "scorer" / "scorer_model.json").exists()
     import mlflow
 
     tracking = f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking)
     champion = mlflow.MlflowClient().get_model_version_by_alias("tier-classifier", "champion")
     assert str(champion.version) == registration["version"]
+    from router.scorer import load_scorer
+
+    scorer_champion = load_scorer("models:/response-scorer@champion")
+    assert scorer_champion.meta.threshold == pytest.approx(scorer["threshold"])
 
     again = _run([dvc, "repro"], repo, env)
     assert "Data and pipelines are up to date" in again, again

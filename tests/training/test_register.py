@@ -55,9 +55,9 @@ def _stage_files(bundle: Path, test: pd.DataFrame, params: Params, config) -> No
     from training.evaluate import load_bundle
     from training.scoring import model_logits
 
-    temperature, thresholds = load_bundle(bundle)
+    scaling, thresholds = load_bundle(bundle)
     metrics, gate, plot = evaluate_model(model_logits(bundle, test["text"].tolist()),
-                                         temperature, thresholds, test, config, params.evaluate)
+                                         scaling, thresholds, test, config, params.evaluate)
     Path("metrics").mkdir(exist_ok=True)
     Path("metrics/classifier.json").write_text(json.dumps(metrics))
     Path("metrics/gate.json").write_text(json.dumps(gate))
