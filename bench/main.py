@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from bench.run import (
     CategoryRules,
     evaluate,
     fit_category_rules,
+    fit_operating_points,
     training_table,
 )
 from router.classifier import TierClassifier
@@ -36,6 +37,7 @@ from workloads import Workload, WorkloadRecord
 logger = logging.getLogger(__name__)
 
 DEFAULT_TEST_FOLD = Path("data/pipeline/split/test.parquet")
+VALIDATION_FOLD = "validation.parquet"  # beside the test fold
 MIXED_ROWS = 1000  # rows of the mixed workload unless --limit says otherwise
 
 
@@ -46,6 +48,7 @@ class Rows:
     test: list[WorkloadRecord]
     train: list[WorkloadRecord]
     source: str  # how the test rows were chosen
+    validation: list[WorkloadRecord] = field(default_factory=list)  # operating points' fit
 
 
 def select_rows(workload: Workload, builtin: bool, fold_file: Path | None, limit: int | None,
@@ -55,22 +58,32 @@ def select_rows(workload: Workload, builtin: bool, fold_file: Path | None, limit
     if not records:
         raise BenchError(f"{workload.name}: no rows with recorded outcomes to benchmark")
     test_ids: set[str] | None = None
+    validation_ids: set[str] = set()
     if builtin and fold_file is not None and fold_file.exists():
-        import pandas as pd
 
-        fold = pd.read_parquet(fold_file, columns=["row_id", "source"])
-        test_ids = set(fold.loc[fold["source"] == workload.name, "row_id"])
+        test_ids = _fold_ids(fold_file, workload.name)
+        validation_file = fold_file.with_name(VALIDATION_FOLD)
+        if validation_file.exists():
+            validation_ids = _fold_ids(validation_file, workload.name)
     if test_ids:
         test = [r for r in records if r.id in test_ids]
-        train = [r for r in records if r.id not in test_ids]
+        train = [r for r in records if r.id not in test_ids and r.id not in validation_ids]
         source = f"test fold ({fold_file})"
     else:
         test, train, source = records, [], "all rows (per-category rule cross-fitted)"
+    validation = [r for r in records if r.id in validation_ids]
     if limit is not None and limit < len(test):
         keep = set(random.Random(seed).sample(range(len(test)), limit))
         test = [r for i, r in enumerate(test) if i in keep]
         source += f", {limit} drawn with seed {seed}"
-    return Rows(test, train, source)
+    return Rows(test, train, source, validation)
+
+
+def _fold_ids(path: Path, source: str) -> set[str]:
+    import pandas as pd
+
+    fold = pd.read_parquet(path, columns=["row_id", "source"])
+    return set(fold.loc[fold["source"] == source, "row_id"])
 
 
 def _category_rules(workload: Workload, rows: Rows, config: RouterConfig, mapping: np.ndarray,
@@ -138,6 +151,11 @@ def _observed(policy: RouterPolicy, scorer: ResponseScorer, records: list[Worklo
     return obs, time.perf_counter() - started
 
 
+def _beside(path: Path | None, part: str) -> Path | None:
+    """``obs.npz`` -> ``obs.validation.npz``: where a second set of observations is kept."""
+    return None if path is None else path.with_name(f"{path.stem}.{part}{path.suffix}")
+
+
 def _settings(policy: RouterPolicy, scorer: ResponseScorer, config: RouterConfig,
               obs: Observations, bootstrap: int, seed: int) -> BenchSettings:
     """The operating point: the thresholds the request path would use, fitted or default."""
@@ -164,6 +182,11 @@ def run_outcome_bench(workload: Workload, rows: Rows, config: RouterConfig,
                                             obs.tiers)
     thresholds = policy.thresholds
     settings = _settings(policy, scorer, config, obs, bootstrap, seed)
+    if rows.validation:
+        val_obs, _ = _observed(policy, scorer, rows.validation,
+                               np.tile(tier_map(workload), (len(rows.validation), 1)),
+                               simulator_url, concurrency, _beside(observations, "validation"))
+        settings = replace(settings, fitted=fit_operating_points(val_obs, settings))
     report = evaluate(obs, settings, category_rules=rules,
                       two_tier=len(obs.tiers) < len(TIERS))
     report.update({
@@ -173,6 +196,8 @@ def run_outcome_bench(workload: Workload, rows: Rows, config: RouterConfig,
         "router_overhead_ms_p50": float(np.median(obs.overhead_ms)),
         "per_category_rule": {"cost_weight": rules.weight, "fitted_on": (
             f"{len(rows.train)} training rows" if rows.train else "two-fold cross-fit")},
+        "operating_points_fitted_on": (f"{len(rows.validation)} validation-fold rows"
+                                       if rows.validation else "none (the models' thresholds)"),
     })
     return report
 
@@ -192,12 +217,16 @@ def run_mixed_bench(workloads: dict[str, Workload], test_fold: Path | None, n: i
         create_cache,
     )
 
-    test_ids = None
-    if test_fold is not None and test_fold.exists():
+    def ids(path: Path | None) -> dict[str, set[str]] | None:
+        if path is None or not path.exists():
+            return None
         import pandas as pd
 
-        fold = pd.read_parquet(test_fold, columns=["row_id", "source"])
-        test_ids = {source: set(group["row_id"]) for source, group in fold.groupby("source")}
+        fold = pd.read_parquet(path, columns=["row_id", "source"])
+        return {source: set(group["row_id"]) for source, group in fold.groupby("source")}
+
+    test_ids = ids(test_fold)
+    validation_ids = ids(test_fold.with_name(VALIDATION_FOLD)) if test_fold else None
     rows = draw(workloads, test_ids, n, seed)
     policy = RouterPolicy(config, classifier,
                           Dispatcher(config, api_base_override=simulator_url), scorer=scorer)
@@ -210,12 +239,29 @@ def run_mixed_bench(workloads: dict[str, Workload], test_fold: Path | None, n: i
         encoder: Encoder = SharedPassEncoder(classifier)
     except EncoderError:  # a classifier without embeddings (fixed:...): the cache's own MiniLM
         encoder = MiniLMEncoder()
-    cache = create_cache(config.cache, encoder, path=None)
-    logger.info("mixed: cache over %d warm entries and %d rows (encoder %s)", len(rows.warm),
-                len(rows.records), encoder.name)
+
+    def served(part_rows, part_obs, knobs: HybridKnobs):
+        """The real cache (fresh, memory only) in front of the hybrid at ``knobs``."""
+        logger.info("mixed: cache over %d warm entries and %d rows (encoder %s)",
+                    len(part_rows.warm), len(part_rows.records), encoder.name)
+        return cache_serve(part_obs, part_rows, create_cache(config.cache, encoder, path=None),
+                           encoder, knobs)
+
     knobs = HybridKnobs(settings.escalate, settings.trust, settings.score_threshold,
                         settings.max_calls)
-    serve, cache_counts = cache_serve(obs, rows, cache, encoder, knobs)
+    fitted_on = "none (the models' thresholds)"
+    if validation_ids:
+        # A validation mixture of its own (validation folds; support from the train splits),
+        # observed the same way; the knobs fitted there are applied to the test mixture.
+        val_rows = draw(workloads, validation_ids, n, seed + 1, support_split="train")
+        val_obs, _ = _observed(policy, scorer, val_rows.records, val_rows.mapping,
+                               simulator_url, concurrency, _beside(observations, "validation"))
+        support_quality(val_obs, val_rows.part)
+        val_serve, _ = served(val_rows, val_obs, knobs)
+        settings = replace(settings, fitted=fit_operating_points(val_obs, settings, val_serve))
+        knobs = replace(knobs, **settings.fitted["hybrid"])
+        fitted_on = f"a validation mixture of {len(val_rows.records)} rows"
+    serve, cache_counts = served(rows, obs, knobs)
     logger.info("mixed: cache hit rate %.3f; evaluating the approaches", cache_counts["hit_rate"])
     # One tier per mixture part, fitted on nothing here: the part is the category, and the rule
     # routes support to the cheapest tier and the rest by their own benchmarks' fitted rules
@@ -232,7 +278,9 @@ def run_mixed_bench(workloads: dict[str, Workload], test_fold: Path | None, n: i
         "classifier": classifier.meta.version, "scorer": scorer.meta.version,
         "threshold_source": thresholds.source, "observe_seconds": round(observed_s, 1),
         "cache": {**cache_counts, "encoder": encoder.name,
-                  "similarity_threshold": cache.threshold},
+                  "similarity_threshold": config.cache.similarity_threshold,
+                  "min_margin": config.cache.min_margin},
+        "operating_points_fitted_on": fitted_on,
         "router_overhead_ms_p50": float(np.median(obs.overhead_ms)),
     })
     return report

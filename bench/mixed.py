@@ -59,27 +59,32 @@ def _tier_row(workload: Workload) -> list[int]:
     return tier_map(workload).tolist()
 
 
-def draw(workloads: Mapping[str, Workload], test_ids: Mapping[str, set[str]] | None, n: int,
-         seed: int, warm_per_source: int = 3000) -> MixedRows:
-    """``n`` rows in MIXTURE's shares, shuffled with ``seed``. ``test_ids``: per source, the
-    test fold's row ids (None: use every row)."""
+def is_test_query(record: WorkloadRecord) -> bool:
+    """A support query from its data set's test split (ids like ``banking77.test.12``)."""
+    return ".test." in record.id or record.id.split(".")[1].endswith("test")
+
+
+def draw(workloads: Mapping[str, Workload], fold_ids: Mapping[str, set[str]] | None, n: int,
+         seed: int, warm_per_source: int = 3000, support_split: str = "test") -> MixedRows:
+    """``n`` rows in MIXTURE's shares, shuffled with ``seed``. ``fold_ids``: per source, the
+    fold's row ids (None: every row). ``support_split``: ``test`` draws support queries from the
+    data sets' test splits; ``train`` from their train splits (a validation mixture), never the
+    ones the cache is warmed with."""
     rng = random.Random(seed)
 
     def pool(source: str, keep=lambda r: True) -> list[WorkloadRecord]:
         records = [r for r in workloads[source].records if keep(r)]
-        if test_ids and test_ids.get(source):
-            records = [r for r in records if r.id in test_ids[source]]
+        if fold_ids and fold_ids.get(source):
+            records = [r for r in records if r.id in fold_ids[source]]
         return records
-
-    def is_test_query(record: WorkloadRecord) -> bool:
-        return ".test." in record.id or record.id.split(".")[1].endswith("test")
 
     chosen: list[tuple[str, WorkloadRecord, list[int]]] = []
     for part, share in MIXTURE.items():
         count = round(n * share)
         if part == "support":
             for k, source in enumerate(SUPPORT_SOURCES):
-                candidates = [r for r in workloads[source].records if is_test_query(r)]
+                candidates = [r for r in workloads[source].records
+                              if is_test_query(r) == (support_split == "test")]
                 take = count // 2 + (count % 2 if k == 0 else 0)
                 chosen += [(part, r, list(range(len(TIERS))))
                            for r in rng.sample(candidates, min(take, len(candidates)))]
@@ -93,9 +98,10 @@ def draw(workloads: Mapping[str, Workload], test_ids: Mapping[str, set[str]] | N
         chosen += [(part, r, row) for r in rng.sample(candidates, min(count, len(candidates)))]
     rng.shuffle(chosen)
     warm: list[WorkloadRecord] = []
+    asked = {r.id for _, r, _ in chosen}
     for source in SUPPORT_SOURCES:
         training = [r for r in workloads[source].records
-                    if not is_test_query(r) and r.category != "oos"]
+                    if not is_test_query(r) and r.category != "oos" and r.id not in asked]
         warm += rng.sample(training, min(warm_per_source, len(training)))
     return MixedRows([r for _, r, _ in chosen], np.array([m for _, _, m in chosen]),
                      [p for p, _, _ in chosen], warm)

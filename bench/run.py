@@ -68,6 +68,9 @@ class BenchSettings:
     bootstrap: int = 500
     seed: int = 0
     scorer_ms: float = 0.0  # measured time of one response-scorer call
+    # Per approach, knob settings fitted on a validation fold (fit_operating_points); None:
+    # the models' own fitted thresholds above.
+    fitted: dict[str, dict[str, float]] | None = None
 
 
 def summarise(run: Run, *, n_boot: int, seed: int) -> dict[str, Any]:
@@ -162,12 +165,16 @@ def evaluate(obs: Observations, settings: BenchSettings, *, category_rules: Cate
     cheapest = single_tier(obs, cheapest_j)
     knobs = HybridKnobs(settings.escalate, settings.trust, settings.score_threshold,
                         settings.max_calls)
+    fitted = settings.fitted or {}
     runs: dict[str, Run] = {
         "frontier_only": frontier,
-        "routing_only": hybrid(obs, replace(knobs, cascade=False)),
-        "cascade_only": cascade_only(obs, settings.score_threshold, settings.max_calls,
-                                     scorer_ms=settings.scorer_ms),
-        "hybrid": hybrid(obs, knobs, cache, scorer_ms=settings.scorer_ms),
+        "routing_only": hybrid(obs, replace(knobs, cascade=False,
+                                            **fitted.get("routing_only", {}))),
+        "cascade_only": cascade_only(
+            obs, fitted.get("cascade_only", {}).get("score_threshold", settings.score_threshold),
+            settings.max_calls, scorer_ms=settings.scorer_ms),
+        "hybrid": hybrid(obs, replace(knobs, **fitted.get("hybrid", {})), cache,
+                         scorer_ms=settings.scorer_ms),
     }
     target_cost = float(runs["hybrid"].cost.mean())
     singles = {j: single_tier(obs, j) for j in tiers}
@@ -206,7 +213,7 @@ def evaluate(obs: Observations, settings: BenchSettings, *, category_rules: Cate
                           "quality": s.points()[1].tolist()} for name, s in sweeps.items()},
         "settings": {"escalate": settings.escalate, "trust": settings.trust,
                      "score_threshold": settings.score_threshold,
-                     "max_calls": settings.max_calls},
+                     "max_calls": settings.max_calls, "fitted_on_validation": fitted},
     }
     frontier_quality = high[1]
     report["headline"] = {
@@ -227,6 +234,28 @@ def evaluate(obs: Observations, settings: BenchSettings, *, category_rules: Cate
             "random_mix": frontier_share_for([sweeps["random_mix"]], target),
         }
     return report
+
+
+FITTED_APPROACHES = ("hybrid", "routing_only", "cascade_only")
+
+
+def fit_operating_points(obs: Observations, settings: BenchSettings,
+                         cache: CacheServe | None = None) -> dict[str, dict[str, float]]:
+    """Per approach with knobs, the setting fitted on ``obs`` (a *validation* fold): the cheapest
+    reaching QUALITY_TARGET x frontier-only's quality there, else the best-quality one -- the
+    same min-cost objective as ``calibrate``. Returns {approach: knob values}."""
+    knobs = HybridKnobs(settings.escalate, settings.trust, settings.score_threshold,
+                        settings.max_calls)
+    singles = {j: single_tier(obs, j) for j in obs.tiers}
+    target = QUALITY_TARGET * float(np.nanmean(single_tier(obs, TOP).correct))
+    sweeps = _sweeps(obs, settings, knobs, singles, [], cache, only=FITTED_APPROACHES)
+    chosen = {}
+    for name, sweep in sweeps.items():
+        costs, qualities = sweep.points()
+        ok = np.flatnonzero(qualities >= target)
+        best = int(ok[np.argmin(costs[ok])]) if len(ok) else int(np.nanargmax(qualities))
+        chosen[name] = dict(sweep.knobs[best])
+    return chosen
 
 
 def _cost_at(curve: Curve, quality: float, frontier_cost: float) -> float | None:

@@ -138,7 +138,10 @@ class SharedPassEncoder:
         self.dim = int(classifier.model.config.hidden_size)
         self.name = f"classifier:{classifier.meta.version}:{self.dim}"
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self.classifier.predict_with_embeddings(texts)[1]
+        # Batches bound memory: attention is (batch x heads x tokens^2) per layer.
+        return np.concatenate([
+            self.classifier.predict_with_embeddings(list(texts[start:start + batch_size]))[1]
+            for start in range(0, len(texts), batch_size)])
