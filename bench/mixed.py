@@ -120,10 +120,14 @@ def _text(record: WorkloadRecord) -> str:
 
 def canonical_answer(intent: str) -> dict[str, Any]:
     """The stored answer of a warm entry: one per intent, so equal intents share an answer."""
-    return {"id": f"warm-{intent}", "object": "chat.completion", "created": 0, "model": "warm",
-            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                         "message": {"role": "assistant", "refusal": None,
-                                     "content": f"[canonical answer for {intent}]"}}]}
+    return _answer(f"canonical answer for {intent}")
+
+
+def _answer(text: str) -> dict[str, Any]:
+    return {"id": f"bench-{abs(hash(text))}", "object": "chat.completion", "created": 0,
+            "model": "bench", "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                                           "message": {"role": "assistant", "refusal": None,
+                                                       "content": f"[{text}]"}}]}
 
 
 def cache_serve(obs: Observations, rows: MixedRows, cache: SemanticCache, encoder: Encoder,
@@ -131,7 +135,8 @@ def cache_serve(obs: Observations, rows: MixedRows, cache: SemanticCache, encode
     """Run the real cache over the rows in order, in front of the hybrid at ``knobs``.
 
     Warm entries first; then each row: exact lookup, else semantic lookup with its embedding;
-    a miss is answered by the hybrid and stored when cacheable (not overridden, not answered by
+    a semantic hit is stored as an alias of the served answer (as :mod:`router.policy` does); a
+    miss is answered by the hybrid and stored when cacheable (not overridden, not answered by
     the critical tier -- DESIGN's rule). Returns the hits and counts.
     """
     warm_keys = [cache_key(r.messages(), {}, "auto", TENANT) for r in rows.warm]
@@ -162,9 +167,14 @@ def cache_serve(obs: Observations, rows: MixedRows, cache: SemanticCache, encode
             correct[i] = float(right)
             kinds[found.kind] += 1
             kinds["false"] += int(not right)
+            if found.kind == "semantic":  # the request path stores the paraphrase as an alias
+                alias = cache.store(key, found.response, found.tier, vector)
+                source_of[alias] = source_of.get(found.entry_id, ("row", ""))
             continue
         if not obs.overridden[i] and not final_critical[i]:
-            entry = cache.store(key, {"id": record.id}, TIERS[0], vector)
+            # A stand-in for the answer the hybrid got: one distinct answer per question, as
+            # real answers to different questions are (the agreement test compares answers).
+            entry = cache.store(key, _answer(f"answer to {record.id}"), TIERS[0], vector)
             source_of[entry] = ("row", record.id)
     return CacheServe(hit, correct), {"warm_entries": len(rows.warm), **kinds,
                                       "hit_rate": float(hit.mean())}

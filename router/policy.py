@@ -217,20 +217,28 @@ class RouterPolicy:
         except (RequestFormatError, DispatchError) as exc:
             self._record(request, decision, None, started, error=exc)
             raise
-        self._store(decision, result)
+        stored = self._store(decision, result)
         record = self._record(request, decision, result, started, cascade=steps)
+        if stored is not None:
+            record.extra["cache_stored_entry"] = stored
         return RouteResult(result.response, decision, result, record)
 
-    def _store(self, decision: RouteDecision, result: DispatchResult) -> None:
-        """Cache a fresh answer unless the critical tier gave it (DESIGN: never cached)."""
-        if (self.cache is None or decision.cache_key is None or decision.cache_hit is not None
-                or result.tier == CRITICAL):
-            return
+    def _store(self, decision: RouteDecision, result: DispatchResult) -> str | None:
+        """Cache a fresh answer unless the critical tier gave it (DESIGN: never cached); after a
+        semantic hit, store this request as an alias holding the served answer, so a paraphrase
+        group's entries agree (the cache's ``min_support`` test counts them) and a repeat hits
+        exactly. Returns the new entry id (feedback on this request evicts it too)."""
+        hit = decision.cache_hit
+        if (self.cache is None or decision.cache_key is None or result.tier == CRITICAL
+                or (hit is not None and hit.kind == "exact")):
+            return None
+        response = hit.response if hit is not None else result.response.model_dump()
         try:
-            self.cache.store(decision.cache_key, result.response.model_dump(), result.tier,
-                             decision.embedding)
+            return self.cache.store(decision.cache_key, response, result.tier,
+                                    decision.embedding)
         except CacheError as exc:  # a cache failure must not fail an answered request
             logger.warning("request %s: answer not cached: %s", decision.request_id, exc)
+            return None
 
     def _cascades(self, decision: RouteDecision, request: RouteRequest) -> bool:
         if (self.scorer is None or not self.config.cascade.enabled or decision.gate is None

@@ -177,8 +177,10 @@ def test_cache_in_the_request_path(simulator: SimulatorProcess, router_config: R
     from router.cache import SharedPassEncoder, create_cache
 
     classifier = load_classifier(str(tiny_bert_dir))  # yields embeddings: one shared pass
-    cache = create_cache(router_config.cache, SharedPassEncoder(classifier), threshold=0.5,
-                         path=None)
+    # Plain cosine at 0.5 (a tiny random model's space); the agreement knobs are the cache's own
+    # tests' business.
+    plain = router_config.cache.model_copy(update={"min_support": 1, "min_margin": 0.0})
+    cache = create_cache(plain, SharedPassEncoder(classifier), threshold=0.5, path=None)
     policy = RouterPolicy(router_config, classifier,
                           Dispatcher(router_config, api_base_override=simulator.root),
                           decision_log, cache=cache)
@@ -195,6 +197,11 @@ def test_cache_in_the_request_path(simulator: SimulatorProcess, router_config: R
     assert again.response.choices[0].message.content == first.response.choices[0].message.content
     near = ask("Name three prime numbers!")
     assert near.record.cache_status == "semantic" and 0.5 <= near.record.cache_similarity < 1
+    # The paraphrase is stored as an alias of the served answer: its repeat hits exactly.
+    assert near.record.extra["cache_stored_entry"] != near.record.extra["cache_entry"]
+    repeat = ask("Name three prime numbers!")
+    assert repeat.record.cache_status == "exact"
+    assert repeat.response.choices[0].message.content == first.response.choices[0].message.content
     assert ask("Name three prime numbers.", tenant="t2").record.cache_status == "miss"
     # The critical tier's answers are never stored; overridden requests never look up.
     ask("What is the capital of Peru?", model="critical")
