@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench.approaches import CacheServe, HybridKnobs, Observations, hybrid
+from bench.observe import tier_map
 from router.cache import Encoder, SemanticCache, cache_key
 from router.normalise import normalise, request_messages
 from router.tiers import TIERS
@@ -51,12 +52,6 @@ class MixedRows:
     mapping: np.ndarray  # (n, 3) tier answering row i when j is asked
     part: list[str]  # which MIXTURE part each row came from
     warm: list[WorkloadRecord]  # support training queries the cache starts with
-
-
-def _tier_row(workload: Workload) -> list[int]:
-    from bench.observe import tier_map
-
-    return tier_map(workload).tolist()
 
 
 def is_test_query(record: WorkloadRecord) -> bool:
@@ -94,7 +89,7 @@ def draw(workloads: Mapping[str, Workload], fold_ids: Mapping[str, set[str]] | N
                 else (lambda r: r.category not in HIGH_STAKES_SUBJECTS) if part == "mmlu"
                 else (lambda r: True))
         candidates = [r for r in pool(source, keep) if r.outcomes]
-        row = _tier_row(workloads[source])
+        row = tier_map(workloads[source]).tolist()
         chosen += [(part, r, row) for r in rng.sample(candidates, min(count, len(candidates)))]
     rng.shuffle(chosen)
     warm: list[WorkloadRecord] = []

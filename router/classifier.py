@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from router.errors import RouterError
+from router.registry import registered_artifact_dir
 from router.tiers import TIERS, Tier
 
 logger = logging.getLogger(__name__)
@@ -174,29 +175,9 @@ MLFLOW_ARTIFACT = "classifier"
 
 
 def registered_model_dir(uri: str) -> Path:
-    """Download ``models:/NAME@ALIAS`` (or ``/VERSION``) and return its classifier bundle.
-
-    The bundle is the pyfunc artifact named ``classifier``; its folder is read from the
-    model's MLmodel file.
-
-    The MLflow tracking URI is MLflow's own setting (``MLFLOW_TRACKING_URI`` or
-    ``mlflow.set_tracking_uri``); the project's store is ``sqlite:///mlruns/mlflow.db``.
-    """
-    import mlflow
-
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except mlflow.exceptions.MlflowException as exc:
-        raise ClassifierError(f"{uri}: cannot load from the MLflow registry "
-                              f"({mlflow.get_tracking_uri()}): {exc}") from exc
-    import yaml
-
-    try:
-        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-        return local / flavor["artifacts"][MLFLOW_ARTIFACT]["path"]
-    except (OSError, KeyError, TypeError) as exc:
-        raise ClassifierError(f"{uri}: not a tier-classifier bundle (no pyfunc artifact "
-                              f"{MLFLOW_ARTIFACT!r} in its MLmodel)") from exc
+    """Download ``models:/NAME@ALIAS`` (or ``/VERSION``) and return its classifier bundle (the
+    pyfunc artifact ``classifier``; see :mod:`router.registry`)."""
+    return registered_artifact_dir(uri, MLFLOW_ARTIFACT, ClassifierError, "tier-classifier")
 
 
 # Registry: spec prefix -> factory taking the rest of the spec. A spec without a known prefix is

@@ -49,6 +49,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from router.errors import RouterError
+from router.registry import registered_artifact_dir
 from router.tiers import TIERS
 
 logger = logging.getLogger(__name__)
@@ -409,21 +410,8 @@ class EmbeddingScorer:
 
 def registered_scorer_dir(uri: str) -> Path:
     """Download ``models:/NAME@ALIAS`` (or ``/VERSION``) and return its scorer bundle folder
-    (the pyfunc artifact ``scorer``, found through the model's MLmodel file)."""
-    import mlflow
-    import yaml
-
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except mlflow.exceptions.MlflowException as exc:
-        raise ScorerError(f"{uri}: cannot load from the MLflow registry "
-                          f"({mlflow.get_tracking_uri()}): {exc}") from exc
-    try:
-        flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-        return local / flavor["artifacts"][MLFLOW_ARTIFACT]["path"]
-    except (OSError, KeyError, TypeError) as exc:
-        raise ScorerError(f"{uri}: not a response-scorer bundle (no pyfunc artifact "
-                          f"{MLFLOW_ARTIFACT!r} in its MLmodel)") from exc
+    (the pyfunc artifact ``scorer``; see :mod:`router.registry`)."""
+    return registered_artifact_dir(uri, MLFLOW_ARTIFACT, ScorerError, "response-scorer")
 
 
 def _fixed(rest: str) -> FixedScorer:
