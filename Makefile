@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup test lint simulate repro bench
+.PHONY: setup test lint simulate repro bench demo
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,20 @@ repro: setup
 
 simulate: setup
 	$(BIN)/tier-router simulate --config configs/router.yaml --port $${SIM_PORT:-8900}
+
+# The router service in front of the provider simulator, both on 127.0.0.1 (Ctrl-C stops both).
+# Serves the registered champion models (`make repro` first). Any OpenAI client works with
+# base_url=http://127.0.0.1:$(ROUTER_PORT)/v1 and api_key=$(ROUTER_DEMO_KEY).
+ROUTER_PORT ?= 3000
+ROUTER_DEMO_KEY ?= sk-tier-router-demo
+SIM_PORT ?= 8900
+demo: setup
+	@mkdir -p var; $(BIN)/tier-router simulate --config configs/router.yaml --port $(SIM_PORT) \
+	    > var/demo-simulator.log 2>&1 & sim=$$!; trap "kill $$sim" EXIT; \
+	echo "simulator on 127.0.0.1:$(SIM_PORT) (log var/demo-simulator.log); router on" \
+	    "http://127.0.0.1:$(ROUTER_PORT)/v1, API key $(ROUTER_DEMO_KEY)"; \
+	ROUTER_DEMO_KEY=$(ROUTER_DEMO_KEY) ROUTER_PROVIDER_BASE=http://127.0.0.1:$(SIM_PORT) \
+	    $(BIN)/bentoml serve serving.service:TierRouter --host 127.0.0.1 --port $(ROUTER_PORT)
 
 # The benchmarks behind docs/benchmarks.md (DESIGN's performance targets), on the registered
 # champion models (`make repro` first). Each command prints its figures and writes JSON + PNG;

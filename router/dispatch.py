@@ -17,7 +17,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -56,6 +56,89 @@ class DispatchResult:
     latency_ms: float
     deployments_tried: list[str] = field(default_factory=list)
     fallbacks: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Answered:
+    tier: Tier
+    deployment: str
+    tried: list[str]
+    fallbacks: list[dict[str, str]]
+
+
+@dataclass
+class _Opened:
+    first: Any  # the stream's first chunk
+    rest: Any  # the async iterator it came from
+
+
+class DispatchStream:
+    """An opened stream: its first chunk already read. Iterate :meth:`chunks` once; afterwards
+    ``prompt_tokens``/``completion_tokens``/``cost_usd`` hold the provider's usage (0 if it sent
+    none) and ``content`` the whole answer. Chunks are LiteLLM ``ModelResponseStream`` objects;
+    the usage-only chunk is passed on only when ``client_usage``."""
+
+    def __init__(self, dispatcher: Dispatcher, first: Any, rest: Any, *, tier: Tier,
+                 deployment: str, client_usage: bool, first_chunk_ms: float,
+                 deployments_tried: list[str], fallbacks: list[dict[str, str]]) -> None:
+        self._dispatcher = dispatcher
+        self._first, self._rest = first, rest
+        self.tier, self.deployment = tier, deployment
+        self.client_usage = client_usage
+        self.first_chunk_ms = first_chunk_ms
+        self.deployments_tried, self.fallbacks = deployments_tried, fallbacks
+        self.prompt_tokens = self.completion_tokens = 0
+        self.cost_usd = 0.0
+        self.content = ""
+        self.finish_reason: str | None = None
+        self._started = time.perf_counter() - first_chunk_ms / 1000
+
+    def result(self) -> DispatchResult:
+        """What was answered so far, as a dispatch result (``response``: the whole answer in
+        OpenAI's non-streamed shape, for the cache and the record)."""
+        import litellm
+
+        response = litellm.ModelResponse(
+            model=self.deployment, choices=[{"index": 0, "finish_reason": self.finish_reason
+                                             or "stop", "message": {"role": "assistant",
+                                                                    "content": self.content}}],
+            usage={"prompt_tokens": self.prompt_tokens,
+                   "completion_tokens": self.completion_tokens,
+                   "total_tokens": self.prompt_tokens + self.completion_tokens})
+        return DispatchResult(response=response, tier=self.tier, deployment=self.deployment,
+                              prompt_tokens=self.prompt_tokens,
+                              completion_tokens=self.completion_tokens, cost_usd=self.cost_usd,
+                              latency_ms=(time.perf_counter() - self._started) * 1000,
+                              deployments_tried=self.deployments_tried,
+                              fallbacks=self.fallbacks)
+
+    async def chunks(self) -> AsyncIterator[Any]:
+        """The chunks, in order. A provider failing mid-stream raises :class:`DispatchError`
+        (502) here: the client has already received part of the answer."""
+        chunk: Any = self._first
+        while True:
+            usage = getattr(chunk, "usage", None)
+            if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
+                self.prompt_tokens = int(usage.prompt_tokens or 0)
+                self.completion_tokens = int(usage.completion_tokens or 0)
+                if self.deployment in self._dispatcher.deployments:
+                    self.cost_usd = self._dispatcher.cost(self.deployment, self.prompt_tokens,
+                                                          self.completion_tokens)
+            for choice in getattr(chunk, "choices", None) or []:
+                delta = getattr(choice, "delta", None)
+                self.content += getattr(delta, "content", None) or ""
+                self.finish_reason = getattr(choice, "finish_reason", None) or self.finish_reason
+            if getattr(chunk, "choices", None) or self.client_usage:
+                yield chunk
+            try:
+                chunk = await self._rest.__anext__()
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                raise DispatchError(f"the stream from {self.deployment} broke after it began: "
+                                    f"{_short_reason(exc)}", status_code=502,
+                                    deployments_tried=self.deployments_tried,
+                                    fallbacks=self.fallbacks) from exc
 
 
 class _AttemptTracker:
@@ -187,16 +270,63 @@ class Dispatcher:
         Raises :class:`DispatchError` when no tier could answer (503) or the provider rejected
         the request itself (400).
         """
+        params.pop("stream", None)
+        started = time.perf_counter()
+        response, answer = await self._first_answer(
+            tier, messages, request_id, params, tier_fallback, self._router.acompletion)
+        usage = getattr(response, "usage", None)
+        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion = int(getattr(usage, "completion_tokens", 0) or 0)
+        cost = (self.cost(answer.deployment, prompt, completion)
+                if answer.deployment in self.deployments
+                else float(response._hidden_params.get("response_cost") or 0.0))
+        return DispatchResult(
+            response=response, tier=answer.tier, deployment=answer.deployment,
+            prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            deployments_tried=answer.tried, fallbacks=answer.fallbacks)
+
+    async def astream(self, tier: Tier, messages: list[dict[str, Any]], *, request_id: str,
+                      tier_fallback: bool = True, **params: Any) -> DispatchStream:
+        """Open a stream on ``tier`` (same fallbacks as :meth:`acompletion`) and read its first
+        chunk before returning: a provider failing *before* its first token falls back like a
+        plain call; one failing later raises from :meth:`DispatchStream.chunks`. Usage is always
+        requested from the provider (the cost needs it); ``DispatchStream.client_usage`` says
+        whether the client asked for the usage chunk."""
+        client_usage = bool((params.pop("stream_options", None) or {}).get("include_usage"))
+        params.update(stream=True, stream_options={"include_usage": True})
+        started = time.perf_counter()
+
+        async def opened(**kwargs: Any) -> tuple[Any, Any]:
+            stream = await self._router.acompletion(**kwargs)
+            iterator = stream.__aiter__()
+            try:
+                first = await iterator.__anext__()
+            except StopAsyncIteration:
+                raise DispatchError("the provider closed the stream before any chunk") from None
+            return stream, _Opened(first, iterator)
+
+        (_, head), answer = await self._first_answer(
+            tier, messages, request_id, params, tier_fallback, opened)
+        return DispatchStream(self, head.first, head.rest, tier=answer.tier,
+                              deployment=answer.deployment, client_usage=client_usage,
+                              first_chunk_ms=(time.perf_counter() - started) * 1000,
+                              deployments_tried=answer.tried, fallbacks=answer.fallbacks)
+
+    async def _first_answer(self, tier: Tier, messages: list[dict[str, Any]], request_id: str,
+                            params: dict[str, Any], tier_fallback: bool,
+                            call: Callable[..., Awaitable[Any]]) -> tuple[Any, _Answered]:
+        """Run ``call`` on ``tier``, then on each tier up while whole tiers fail. Returns what
+        ``call`` returned and who answered (its ``_hidden_params`` name the deployment)."""
         import litellm
 
         tried: list[str] = []
         fallbacks: list[dict[str, str]] = []
         current: Tier | None = tier
-        started = time.perf_counter()
         while current is not None:
             _TRACKER.start(request_id)
             try:
-                response = await self._call_tier(current, messages, request_id, params)
+                response = await self._call_tier(current, messages, request_id, params, call)
             except litellm.BadRequestError as exc:
                 if not isinstance(exc, litellm.ContextWindowExceededError):
                     tried += [d for d, _ in await self._failures(request_id)]
@@ -207,21 +337,13 @@ class Dispatcher:
             except Exception as exc:  # any provider failure means: next tier
                 failure = _short_reason(exc)
             else:
-                answered = response._hidden_params.get("model_id") or ""
+                handle = response[0] if isinstance(response, tuple) else response
+                answered = handle._hidden_params.get("model_id") or ""
                 failures = await self._failures(request_id)
                 fallbacks += [{"kind": "deployment", "from": failed, "to": answered,
                                "reason": reason} for failed, reason in failures]
                 tried += [d for d, _ in failures] + [answered]
-                usage = getattr(response, "usage", None)
-                prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
-                completion = int(getattr(usage, "completion_tokens", 0) or 0)
-                cost = (self.cost(answered, prompt, completion) if answered in self.deployments
-                        else float(response._hidden_params.get("response_cost") or 0.0))
-                return DispatchResult(
-                    response=response, tier=current, deployment=answered,
-                    prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost,
-                    latency_ms=(time.perf_counter() - started) * 1000,
-                    deployments_tried=tried, fallbacks=fallbacks)
+                return response, _Answered(current, answered, tried, fallbacks)
             tried += [d for d, _ in await self._failures(request_id)]
             above = next_tier_up(current) if tier_fallback else None
             logger.warning("request %s: every %s deployment failed (%s)%s", request_id, current,
@@ -237,7 +359,7 @@ class Dispatcher:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _call_tier(self, tier: Tier, messages: list[dict[str, Any]], request_id: str,
-                         params: dict[str, Any]) -> Any:
+                         params: dict[str, Any], call: Callable[..., Awaitable[Any]]) -> Any:
         """LiteLLM's call of the tier's group, then each deployment its retries never reached.
 
         LiteLLM picks a deployment at random for each try, so with one provider down all its
@@ -246,8 +368,7 @@ class Dispatcher:
         """
         metadata = {_REQUEST_KEY: request_id}
         try:
-            return await self._router.acompletion(model=tier, messages=messages,
-                                                  metadata=metadata, **params)
+            return await call(model=tier, messages=messages, metadata=metadata, **params)
         except Exception as exc:
             import litellm
 
@@ -260,8 +381,8 @@ class Dispatcher:
             if deployment in failed:
                 continue
             try:
-                return await self._router.acompletion(model=deployment, messages=messages,
-                                                      metadata=metadata, num_retries=0, **params)
+                return await call(model=deployment, messages=messages, metadata=metadata,
+                                  num_retries=0, **params)
             except Exception as exc:
                 last = exc
         raise last

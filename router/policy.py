@@ -27,6 +27,7 @@ import hashlib
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,16 +35,21 @@ from router.cache import CacheError, CacheHit, CacheKey, Encoder, SemanticCache,
 from router.cascade import CRITICAL, fits_budget, next_tier, should_escalate
 from router.classifier import TierClassifier, TierScores
 from router.config import RouterConfig
-from router.dispatch import Dispatcher, DispatchError, DispatchResult
-from router.errors import RequestFormatError
+from router.dispatch import Dispatcher, DispatchError, DispatchResult, DispatchStream
+from router.errors import RequestFormatError, RouterError
 from router.gate import GateDecision, Thresholds, decide, resolve_thresholds
 from router.normalise import message_text, normalise, request_messages
 from router.overrides import DomainOverrides, OverrideMatch
+from router.protocol import cached_stream, chunk_payload
 from router.scorer import ResponseScorer
 from router.telemetry import DecisionLog, DecisionRecord
 from router.tiers import TIERS, Tier
 
 logger = logging.getLogger(__name__)
+
+
+class StreamCancelledError(RouterError):
+    """The client went away before the stream ended (recorded, not raised to anyone)."""
 
 
 @dataclass
@@ -223,6 +229,56 @@ class RouterPolicy:
             record.extra["cache_stored_entry"] = stored
         return RouteResult(result.response, decision, result, record)
 
+    async def route_stream(self, request: RouteRequest
+                           ) -> tuple[RouteDecision, AsyncIterator[dict[str, Any]]]:
+        """Decide and open the stream; returns the decision (headers can go out first) and the
+        OpenAI chunk payloads. Raises like :meth:`route` when nothing could be opened (a
+        provider failing before its first token falls back like a plain call). The decision
+        record is written once the stream ends: answered, broken mid-stream (the iterator then
+        raises :class:`DispatchError`) or abandoned by the client (status ``cancelled``).
+        Streams are never cascaded (an answer cannot be scored before it is sent)."""
+        started = time.perf_counter()
+        decision: RouteDecision | None = None
+        stream: DispatchStream | None = None
+        include_usage = bool((request.params.get("stream_options") or {}).get("include_usage"))
+        try:
+            decision = await asyncio.to_thread(self.decide, request)
+            if decision.cache_hit is None:
+                params = {k: v for k, v in request.params.items() if k != "stream"}
+                stream = await self.dispatcher.astream(
+                    decision.target_tier, request.messages, request_id=request.request_id,
+                    **params)
+        except (RequestFormatError, DispatchError) as exc:
+            self._record(request, decision, None, started, error=exc)
+            raise
+        return decision, self._chunks(request, decision, stream, started, include_usage)
+
+    async def _chunks(self, request: RouteRequest, decision: RouteDecision,
+                      stream: DispatchStream | None, started: float,
+                      include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+        if stream is None:  # a cache hit, replayed as a stream
+            assert decision.cache_hit is not None
+            for chunk in cached_stream(decision.cache_hit.response, include_usage=include_usage):
+                yield chunk
+            self._record(request, decision, _served_from_cache(decision.cache_hit), started)
+            return
+        try:
+            async for chunk in stream.chunks():
+                yield chunk_payload(chunk)
+        except DispatchError as exc:  # broke mid-stream: the client has part of an answer
+            self._record(request, decision, stream.result(), started, error=exc)
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            self._record(request, decision, stream.result(), started, status="cancelled",
+                         error=StreamCancelledError("the client closed the stream"))
+            raise
+        result = stream.result()
+        self._note_latency(result)
+        stored = self._store(decision, result)
+        record = self._record(request, decision, result, started)
+        if stored is not None:
+            record.extra["cache_stored_entry"] = stored
+
     def _store(self, decision: RouteDecision, result: DispatchResult) -> str | None:
         """Cache a fresh answer unless the critical tier gave it (DESIGN: never cached); after a
         semantic hit, store this request as an alias holding the served answer, so a paraphrase
@@ -258,10 +314,13 @@ class RouterPolicy:
         result = await self.dispatcher.acompletion(tier, request.messages,
                                                    request_id=request.request_id,
                                                    **request.params)
+        self._note_latency(result)
+        return result
+
+    def _note_latency(self, result: DispatchResult) -> None:
         previous = self._tier_latency_ms.get(result.tier)
         self._tier_latency_ms[result.tier] = (result.latency_ms if previous is None
                                               else 0.8 * previous + 0.2 * result.latency_ms)
-        return result
 
     async def _cascade(self, decision: RouteDecision, request: RouteRequest,
                        steps: list[dict[str, Any]]) -> DispatchResult:
@@ -295,7 +354,8 @@ class RouterPolicy:
     def _record(self, request: RouteRequest, decision: RouteDecision | None,
                 result: DispatchResult | None, started: float,
                 error: Exception | None = None,
-                cascade: list[dict[str, Any]] | None = None) -> DecisionRecord:
+                cascade: list[dict[str, Any]] | None = None,
+                status: str | None = None) -> DecisionRecord:
         latency = dict(decision.latency_ms) if decision else {}
         if result is not None:
             latency["dispatch"] = result.latency_ms
@@ -305,7 +365,7 @@ class RouterPolicy:
             text_hash=decision.text_hash if decision else "",
             text=decision.text if decision else None,
             requested_model=request.model, latency_ms=latency,
-            status="error" if error else "ok",
+            status=status or ("error" if error else "ok"),
             error=f"{type(error).__name__}: {error}" if error else None,
             model_version=self.classifier.meta.version)
         if decision is not None:

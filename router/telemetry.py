@@ -514,6 +514,14 @@ class DecisionLog:
         with self._db_lock, self._engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(decisions)).scalar_one())
 
+    def get(self, request_id: str) -> DecisionRecord | None:
+        """The written record of one request (flushes first), or None."""
+        self.flush()
+        query = select(decisions).where(decisions.c.request_id == request_id).limit(1)
+        with self._db_lock, self._engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else DecisionRecord.from_row(row)
+
     def set_feedback(self, request_id: str, feedback: str) -> bool:
         """Store ``feedback`` on a request's record; False when no written record has that id.
 

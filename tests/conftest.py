@@ -73,6 +73,47 @@ class SimulatorProcess:
             self.proc.kill()
 
 
+class ServiceProcess:
+    """``bentoml serve serving.service:TierRouter`` as a real subprocess on 127.0.0.1, its
+    settings given as environment variables (serving/settings.py); ready once ``/readyz``
+    answers 200."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.root = f"http://127.0.0.1:{self.port}"
+        bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            [bentoml, "serve", "serving.service:TierRouter", "--host", "127.0.0.1",
+             "--port", str(self.port)],
+            cwd=REPO, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.root}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"service not ready within 180 s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
 @pytest.fixture(scope="session")
 def router_config() -> RouterConfig:
     return load_config(CONFIG_PATH)

@@ -126,3 +126,49 @@ def test_every_deployment_is_tried_before_the_tier_fails(
                                                           "fireworks/mixtral-8x7b-chat")}
     # LiteLLM picks at random: some of the 12 first tries hit the dead provider (p = 1 - 2^-12).
     assert any(r.deployments_tried[0] == "together/mixtral-8x7b-chat" for r in results)
+
+
+async def _drain(stream) -> list:
+    return [chunk async for chunk in stream.chunks()]
+
+
+def test_a_stream_carries_the_answer_its_usage_and_cost(simulator: SimulatorProcess,
+                                                         router_config: RouterConfig) -> None:
+    dispatcher = Dispatcher(router_config, api_base_override=simulator.root)
+    plain = dispatch(dispatcher, "medium", [{"role": "user", "content": "stream me"}], "st-0")
+
+    async def run():
+        stream = await dispatcher.astream("medium", [{"role": "user", "content": "stream me"}],
+                                          request_id="st-1")
+        return stream, await _drain(stream)
+
+    stream, chunks = asyncio.run(run())
+    assert stream.tier == "medium" and stream.deployment in dispatcher.deployments
+    assert stream.content == plain.response.choices[0].message.content
+    assert (stream.prompt_tokens, stream.completion_tokens) == (plain.prompt_tokens,
+                                                                plain.completion_tokens)
+    assert stream.cost_usd == pytest.approx(plain.cost_usd)
+    # The client did not ask for usage: the usage-only chunk is not passed on.
+    assert all(chunk.choices for chunk in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    result = stream.result()
+    assert result.response.choices[0].message.content == stream.content
+    assert result.cost_usd == stream.cost_usd
+
+
+def test_a_stream_whose_tier_is_down_opens_a_tier_up(simulator: SimulatorProcess,
+                                                     router_config: RouterConfig,
+                                                     failures) -> None:
+    failures(f"{SIMPLE_A}=1.0", f"{SIMPLE_B}=1.0")
+    dispatcher = Dispatcher(router_config, api_base_override=simulator.root)
+
+    async def run():
+        stream = await dispatcher.astream("simple", [{"role": "user", "content": "fall"}],
+                                          request_id="st-2",
+                                          stream_options={"include_usage": True})
+        return stream, await _drain(stream)
+
+    stream, chunks = asyncio.run(run())
+    assert stream.tier == "medium"
+    assert [f["kind"] for f in stream.fallbacks if f["kind"] == "tier"] == ["tier"]
+    assert chunks[-1].usage.completion_tokens == stream.completion_tokens > 0

@@ -1,0 +1,253 @@
+"""The HTTP API: OpenAI's chat-completions protocol plus the router's own endpoints.
+
+=========================  ==================================================================
+POST /v1/chat/completions  answer (plain, or ``stream: true`` as server-sent events)
+GET  /v1/models            ``auto``, the tiers and the pinnable model ids
+POST /v1/route             the routing decision only (no LLM call, nothing logged)
+POST /v1/feedback          ``{"request_id", "rating": "positive"|"negative", "comment"?}``
+GET  /metrics              the router's Prometheus metrics
+=========================  ==================================================================
+
+``/healthz`` and ``/readyz`` are BentoML's (``serving/service.py`` answers them). Every
+``/v1`` endpoint needs ``Authorization: Bearer <key>``; the key names the tenant (401
+otherwise). Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``.
+Routing metadata goes out in ``x-router-*`` headers and, on plain answers, in the extra
+``router`` field. Domain errors are translated here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from router.dispatch import DispatchError
+from router.errors import RequestFormatError
+from router.policy import RouteDecision, RouteRequest, RouterPolicy
+from router.protocol import completion_payload
+from router.tiers import TIERS
+from serving.runtime import Runtime
+from serving.settings import tenant_for
+
+logger = logging.getLogger(__name__)
+
+# Fields of the request body the router itself consumes; the rest go to the provider.
+_ROUTER_FIELDS = frozenset({"messages", "model", "stream"})
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code, self.param = (
+            status, message, kind, code, param)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"message": self.message, "type": self.kind,
+                                       "param": self.param, "code": self.code}},
+                            status_code=self.status)
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=128)
+    rating: str = Field(pattern="^(positive|negative)$")
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+def decision_headers(decision: RouteDecision, model_version: str | None) -> dict[str, str]:
+    hit = decision.cache_hit
+    headers = {"x-router-request-id": decision.request_id,
+               "x-router-tier": decision.target_tier,
+               "x-router-cache": hit.kind if hit is not None else
+               ("miss" if decision.cache_key is not None else "off")}
+    if decision.gate is not None:
+        headers["x-router-gate-action"] = decision.gate.action
+    if decision.override is not None:
+        headers["x-router-override"] = decision.override.rule
+    if decision.confidence is not None:
+        headers["x-router-confidence"] = f"{decision.confidence:.4f}"
+    if model_version is not None:
+        headers["x-router-model-version"] = model_version
+    return headers
+
+
+def decision_summary(decision: RouteDecision) -> dict[str, Any]:
+    """The ``router`` field: what was decided and why (no prompt text)."""
+    hit = decision.cache_hit
+    return {
+        "request_id": decision.request_id,
+        "target_tier": decision.target_tier,
+        "predicted_tier": decision.predicted_tier,
+        "confidence": decision.confidence,
+        "scores": dict(decision.scores),
+        "gate_action": decision.gate.action if decision.gate else None,
+        "override": decision.override.rule if decision.override else None,
+        "pinned": decision.pinned,
+        "cache": {"status": hit.kind if hit else ("miss" if decision.cache_key else "off"),
+                  "similarity": hit.similarity if hit else None},
+        "thresholds": decision.thresholds.as_dict(),
+        "threshold_source": decision.thresholds.source,
+    }
+
+
+def create_app(runtime: Callable[[], Runtime]) -> FastAPI:
+    """The API over ``runtime()`` (called per request: the service sets it at start)."""
+    app = FastAPI(title="tier-router", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    def serving(request: Request) -> tuple[Runtime, RouterPolicy, str]:
+        """The runtime, its current policy and the caller's tenant (401 without a key)."""
+        rt = runtime()
+        if rt.policy is None:
+            raise ApiError(503, "the router is still loading its models", "server_error",
+                           "not_ready")
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        tenant = tenant_for(key, rt.settings.api_keys)
+        if tenant is None:
+            raise ApiError(401, "missing or unknown API key (send 'Authorization: Bearer "
+                           "<key>')", "authentication_error", "invalid_api_key")
+        return rt, rt.policy, tenant
+
+    async def body_of(request: Request, rt: Runtime) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > rt.settings.max_body_bytes:
+            raise ApiError(413, f"request body is {len(raw)} bytes; the limit is "
+                           f"{rt.settings.max_body_bytes}", code="body_too_large")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        return body
+
+    def route_request(body: dict[str, Any], tenant: str, request: Request,
+                      policy: RouterPolicy) -> RouteRequest:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(400, "'messages' must be a non-empty array", param="messages")
+        model = body.get("model", "auto")
+        if not isinstance(model, str):
+            raise ApiError(400, "'model' must be a string", param="model")
+        budget_header = request.headers.get(policy.config.cascade.latency_budget_header)
+        budget = None
+        if budget_header is not None:
+            try:
+                budget = float(budget_header)
+            except ValueError:
+                raise ApiError(400, f"{policy.config.cascade.latency_budget_header} must be a "
+                               f"number of milliseconds, got {budget_header!r}") from None
+        params = {k: v for k, v in body.items() if k not in _ROUTER_FIELDS}
+        if body.get("stream"):
+            params["stream"] = True
+        return RouteRequest(messages=messages, model=model, tenant=tenant, params=params,
+                            latency_budget_ms=budget)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        rt, policy, tenant = serving(request)
+        body = await body_of(request, rt)
+        route = route_request(body, tenant, request, policy)
+        try:
+            if route.params.get("stream"):
+                decision, chunks = await policy.route_stream(route)
+                return StreamingResponse(_sse(chunks, decision.request_id),
+                                         media_type="text/event-stream",
+                                         headers=decision_headers(decision, rt.model_version))
+            result = await policy.route(route)
+        except RequestFormatError as exc:
+            raise ApiError(400, str(exc), param="messages") from None
+        except DispatchError as exc:
+            raise ApiError(exc.status_code, str(exc),
+                           "server_error" if exc.status_code >= 500 else
+                           "invalid_request_error", "provider_unavailable"
+                           if exc.status_code >= 500 else "provider_rejected") from None
+        payload = completion_payload(result.response)
+        payload["router"] = {**decision_summary(result.decision),
+                             "final_tier": result.dispatch.tier,
+                             "final_model": result.dispatch.deployment,
+                             "cost_usd": result.dispatch.cost_usd,
+                             "model_version": rt.model_version}
+        return JSONResponse(payload, headers=decision_headers(result.decision,
+                                                              rt.model_version))
+
+    @app.post("/v1/route")
+    async def route_only(request: Request) -> JSONResponse:
+        rt, policy, tenant = serving(request)
+        route = route_request(await body_of(request, rt), tenant, request, policy)
+        try:
+            decision = await asyncio.to_thread(policy.decide, route)
+        except RequestFormatError as exc:
+            raise ApiError(400, str(exc), param="messages") from None
+        return JSONResponse({**decision_summary(decision), "model_version": rt.model_version},
+                            headers=decision_headers(decision, rt.model_version))
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        _, policy, _ = serving(request)
+        data = [{"id": name, "object": "model", "created": 0,
+                 "owned_by": "tier-router" if name == "auto" or name in TIERS else "provider"}
+                for name in policy.model_names()]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> JSONResponse:
+        rt, policy, tenant = serving(request)
+        try:
+            given = Feedback.model_validate(await body_of(request, rt))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in exc.errors())
+            raise ApiError(400, f"bad feedback: {problems}") from None
+        log = rt.decision_log
+        record = log.get(given.request_id) if log is not None else None
+        # Another tenant's request looks exactly like an unknown one (no existence oracle).
+        if record is None or record.tenant != tenant:
+            raise ApiError(404, f"no request {given.request_id!r} for this API key",
+                           code="unknown_request", param="request_id")
+        stored = json.dumps({"rating": given.rating, "comment": given.comment})
+        log.set_feedback(given.request_id, stored)
+        evicted = []
+        if given.rating == "negative" and policy.cache is not None:
+            for key in ("cache_entry", "cache_stored_entry"):
+                entry = record.extra.get(key)
+                if entry and policy.cache.evict(entry):
+                    evicted.append(entry)
+        return JSONResponse({"request_id": given.request_id, "stored": True,
+                             "cache_entries_evicted": evicted})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        rt = runtime()
+        return Response(rt.metrics.exposition(), media_type=rt.metrics.content_type)
+
+    return app
+
+
+async def _sse(chunks: AsyncIterator[dict[str, Any]], request_id: str) -> AsyncIterator[bytes]:
+    """Server-sent events as OpenAI sends them; a stream that breaks mid-way ends with an
+    ``error`` event (the status line has already gone out) and no ``[DONE]``."""
+    try:
+        async for chunk in chunks:
+            yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+    except DispatchError as exc:
+        logger.warning("request %s: stream broke: %s", request_id, exc)
+        error = {"error": {"message": str(exc), "type": "server_error", "param": None,
+                           "code": "stream_broken"}}
+        yield f"data: {json.dumps(error)}\n\n".encode()
+        return
+    yield b"data: [DONE]\n\n"

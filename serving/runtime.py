@@ -1,0 +1,176 @@
+"""What the service runs on: the router policy built from settings, and its model reloads.
+
+``Runtime.start()`` loads the config, the classifier (``models:/tier-classifier@champion`` by
+default), the response scorer, the cache, the dispatcher and the decision log, and builds one
+:class:`router.policy.RouterPolicy`. With a ``models:/NAME@ALIAS`` classifier a watcher thread
+asks MLflow every ``reload_interval_s`` which version the alias points at; when it moved, the
+new version is loaded *beside* the serving one and swapped in with one assignment, so requests
+in flight finish on the model they started with and none waits. Rolling back is moving the
+alias back. Each classifier version gets its own cache folder: the cache's vectors come from
+the classifier's own encoder pass, so another version's vectors are in another space.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from router.cache import SemanticCache, SharedPassEncoder, create_cache
+from router.classifier import TierClassifier, load_classifier
+from router.config import RouterConfig, load_config
+from router.dispatch import Dispatcher
+from router.errors import RouterError
+from router.policy import RouterPolicy
+from router.scorer import ResponseScorer, load_scorer
+from router.telemetry import DecisionLog, RouterMetrics
+from serving.settings import ServiceSettings
+
+logger = logging.getLogger(__name__)
+
+_ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
+
+
+class ModelLoadError(RouterError):
+    """A classifier or scorer named by the settings could not be loaded."""
+
+
+@dataclass(frozen=True)
+class AliasRef:
+    name: str
+    alias: str
+
+    @classmethod
+    def parse(cls, spec: str) -> AliasRef | None:
+        match = _ALIAS.match(spec)
+        return cls(match["name"], match["alias"]) if match else None
+
+
+class Runtime:
+    """The serving policy and everything it shares across model versions."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.metrics = RouterMetrics()
+        self.policy: RouterPolicy | None = None  # swapped whole on a reload
+        self.model_version: str | None = None  # registry version of the serving classifier
+        self.config: RouterConfig | None = None
+        self.decision_log: DecisionLog | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._scorer: ResponseScorer | None = None
+        self._caches: list[SemanticCache] = []
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._reload_lock = threading.Lock()
+        self._alias = AliasRef.parse(settings.classifier)
+
+    @property
+    def ready(self) -> bool:
+        return self.policy is not None
+
+    def start(self) -> Runtime:
+        """Load everything; raise :class:`ModelLoadError` / ``ConfigError`` on bad settings."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.settings.tracking_uri)
+        config = load_config(self.settings.config)
+        updates = {}
+        if self.settings.decision_log_url:
+            updates["decision_log"] = config.decision_log.model_copy(
+                update={"url": self.settings.decision_log_url})
+        self.config = config.model_copy(update=updates)
+        self._dispatcher = Dispatcher(self.config,
+                                      api_base_override=self.settings.provider_base)
+        self.decision_log = DecisionLog(self.config.decision_log.url, metrics=self.metrics)
+        if self.settings.scorer:
+            try:
+                self._scorer = load_scorer(self.settings.scorer)
+            except RouterError as exc:
+                raise ModelLoadError(f"response scorer: {exc}") from exc
+        version = self._alias_version() if self._alias else None
+        self._install(self._classifier_spec(version), version)
+        if self._alias and self.settings.reload_interval_s > 0:
+            self._watcher = threading.Thread(target=self._watch, name="alias-watcher",
+                                             daemon=True)
+            self._watcher.start()
+        return self
+
+    def reload(self) -> bool:
+        """Check the alias now; load and swap in the version it names if that changed.
+        Returns True when a new version went live. A version that fails to load is logged
+        and the serving one kept."""
+        if self._alias is None:
+            return False
+        with self._reload_lock:
+            version = self._alias_version()
+            if version == self.model_version:
+                return False
+            try:
+                self._install(self._classifier_spec(version), version)
+            except ModelLoadError as exc:
+                logger.error("alias %s@%s moved to version %s, which does not load; still "
+                             "serving version %s: %s", self._alias.name, self._alias.alias,
+                             version, self.model_version, exc)
+                return False
+            return True
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        for cache in self._caches:
+            cache.close()
+        if self.decision_log is not None:
+            self.decision_log.close()
+
+    def _classifier_spec(self, version: str | None) -> str:
+        if self._alias is None or version is None:
+            return self.settings.classifier
+        return f"models:/{self._alias.name}/{version}"  # pinned: the alias may move again
+
+    def _alias_version(self) -> str:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        assert self._alias is not None
+        try:
+            found = MlflowClient().get_model_version_by_alias(self._alias.name, self._alias.alias)
+        except MlflowException as exc:
+            raise ModelLoadError(f"{self.settings.classifier}: {exc}") from exc
+        return str(found.version)
+
+    def _install(self, spec: str, version: str | None) -> None:
+        assert self.config is not None and self._dispatcher is not None
+        try:
+            classifier = load_classifier(spec)
+        except RouterError as exc:
+            raise ModelLoadError(f"tier classifier {spec}: {exc}") from exc
+        cache = self._cache_for(classifier)
+        self.policy = RouterPolicy(self.config, classifier, self._dispatcher,
+                                   decision_log=self.decision_log, scorer=self._scorer,
+                                   cache=cache)
+        previous, self.model_version = self.model_version, version
+        logger.info("serving tier classifier %s (%s)%s", classifier.meta.version, spec,
+                    f", replacing version {previous}" if previous else "")
+
+    def _cache_for(self, classifier: TierClassifier) -> SemanticCache | None:
+        if not self.config or not self.config.cache.enabled:
+            return None
+        if not hasattr(classifier, "predict_with_embeddings"):
+            logger.warning("classifier %s yields no embeddings: cache off",
+                           classifier.meta.version)
+            return None
+        root = Path(self.settings.cache_dir or self.config.cache.path)
+        cache = create_cache(self.config.cache, SharedPassEncoder(classifier),
+                             path=str(root / classifier.meta.version))
+        self._caches.append(cache)
+        return cache
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.settings.reload_interval_s):
+            try:
+                self.reload()
+            except ModelLoadError as exc:  # registry unreachable: keep serving, try again
+                logger.warning("alias check failed: %s", exc)

@@ -1,0 +1,120 @@
+"""Service settings: the one place the serving side reads its environment.
+
+Every setting has a documented default that works on a fresh clone after ``make repro``
+(``make demo`` relies on them). ``ServiceSettings.from_env()`` is called once, at service start.
+
+- ``ROUTER_CONFIG``: router YAML (``configs/router.yaml``)
+- ``ROUTER_CLASSIFIER``: ``models:/NAME@ALIAS``, a bundle folder or ``fixed:TIER``
+  (``models:/tier-classifier@champion``)
+- ``ROUTER_SCORER``: response scorer spec, or ``none`` (``models:/response-scorer@champion``)
+- ``MLFLOW_TRACKING_URI``: MLflow store for ``models:/`` specs (``sqlite:///mlruns/mlflow.db``)
+- ``ROUTER_RELOAD_INTERVAL_S``: seconds between alias checks, 0 = never (30)
+- ``ROUTER_API_KEYS``: file of ``<sha256 hex of key> <tenant>`` lines (none)
+- ``ROUTER_DEMO_KEY``: one plain key for tenant ``demo`` (none; ``make demo`` sets one)
+- ``ROUTER_PROVIDER_BASE``: rebase every provider ``api_base`` onto this root, e.g. the
+  simulator's ``http://127.0.0.1:8900`` (none: as configured)
+- ``ROUTER_DECISION_LOG_URL``: SQLAlchemy URL, wins over the config's (the config's)
+- ``ROUTER_CACHE_DIR``: embedded cache folder, wins over the config's (the config's)
+- ``ROUTER_MAX_BODY_BYTES``: largest request body accepted, bytes (1048576)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from router.errors import ConfigError
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def hash_key(key: str) -> str:
+    """How API keys are stored: SHA-256 hex of the key (keys are long random strings, so an
+    unsalted fast hash is enough; the plain key is never written anywhere)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class ServiceSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: Path = Path("configs/router.yaml")
+    classifier: str = "models:/tier-classifier@champion"
+    scorer: str | None = "models:/response-scorer@champion"
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    reload_interval_s: float = Field(default=30.0, ge=0.0)
+    api_keys: dict[str, str] = Field(default_factory=dict)  # sha256(key) -> tenant
+    provider_base: str | None = None
+    decision_log_url: str | None = None
+    cache_dir: str | None = None
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
+        """Read the variables above; a bad value is a :class:`ConfigError` naming it."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        names = {"ROUTER_CONFIG": "config", "ROUTER_CLASSIFIER": "classifier",
+                 "ROUTER_SCORER": "scorer", "MLFLOW_TRACKING_URI": "tracking_uri",
+                 "ROUTER_RELOAD_INTERVAL_S": "reload_interval_s",
+                 "ROUTER_PROVIDER_BASE": "provider_base",
+                 "ROUTER_DECISION_LOG_URL": "decision_log_url",
+                 "ROUTER_CACHE_DIR": "cache_dir", "ROUTER_MAX_BODY_BYTES": "max_body_bytes"}
+        for variable, name in names.items():
+            if env.get(variable):
+                values[name] = env[variable]
+        if str(values.get("scorer", "")).lower() == "none":
+            values["scorer"] = None
+        keys: dict[str, str] = {}
+        if env.get("ROUTER_API_KEYS"):
+            keys.update(read_key_file(Path(env["ROUTER_API_KEYS"])))
+        if env.get("ROUTER_DEMO_KEY"):
+            keys[hash_key(env["ROUTER_DEMO_KEY"])] = "demo"
+        values["api_keys"] = keys
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            reverse = {name: variable for variable, name in names.items()}
+            raise ConfigError("environment", [
+                (reverse.get(str(error["loc"][0]), str(error["loc"][0])), error["msg"])
+                for error in exc.errors()]) from None
+
+
+def read_key_file(path: Path) -> dict[str, str]:
+    """``sha256-hex tenant`` per line (``#`` comments). Plain keys are refused: the file is
+    what sits at rest."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(str(path), [("", f"cannot read the API key file: {exc}")]) from None
+    keys, problems = {}, []
+    for number, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not _HEX64.match(parts[0]):
+            problems.append((f"line {number}", "expected '<sha256 hex of the key> <tenant>'"))
+            continue
+        keys[parts[0]] = parts[1]
+    if problems:
+        raise ConfigError(str(path), problems)
+    return keys
+
+
+def tenant_for(key: str | None, keys: Mapping[str, str]) -> str | None:
+    """The tenant of an API key, or None. Compares the key's hash against every stored hash
+    in constant time (no early exit on the first match)."""
+    if not key:
+        return None
+    digest = hash_key(key)
+    found = None
+    for stored, tenant in keys.items():
+        if hmac.compare_digest(stored, digest):
+            found = tenant
+    return found

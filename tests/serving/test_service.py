@@ -1,0 +1,215 @@
+"""The BentoML service end to end: `bentoml serve` on 127.0.0.1 in front of the simulator, tiny
+classifiers registered in a throwaway MLflow store, the official `openai` client."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from router.telemetry import DecisionLog
+from serving.settings import hash_key
+from tests import openai_spec
+from tests.conftest import ServiceProcess, SimulatorProcess
+
+KEY_A, KEY_B = "sk-test-tenant-a-0123456789", "sk-test-tenant-b-9876543210"
+MODEL = "tier-classifier"
+# v1 sends everything to simple, v2 everything to critical; both trust their top tier.
+BIASES = {"1": [6.0, -6.0, -6.0], "2": [-6.0, -6.0, 6.0]}
+
+
+def _register(tiny_bert_dir: Path, root: Path, tracking_uri: str) -> dict[str, str]:
+    """Two versions of a tiny classifier under ``MODEL``; champion -> v1. {version: meta}."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from training.register import MLFLOW_ARTIFACT, _pyfunc_class
+
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment = mlflow.create_experiment("service-test",
+                                          artifact_location=(root / "artifacts").as_uri())
+    versions = {}
+    for number, bias in BIASES.items():
+        bundle = root / f"bundle-{number}"
+        shutil.copytree(tiny_bert_dir, bundle)
+        meta = f"tiny-{number}"
+        (bundle / "router_model.json").write_text(json.dumps(
+            {"version": meta, "bias": bias, "thresholds": {"escalate": 0.0, "trust": 0.0}}))
+        with mlflow.start_run(experiment_id=experiment) as run:
+            mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
+                                    artifacts={MLFLOW_ARTIFACT: str(bundle)})
+        version = mlflow.register_model(f"runs:/{run.info.run_id}/model", MODEL).version
+        versions[str(version)] = meta
+    MlflowClient().set_registered_model_alias(MODEL, "champion", "1")
+    return versions
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
+            simulator: SimulatorProcess) -> Iterator[ServiceProcess]:
+    root = tmp_path_factory.mktemp("service")
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    _register(tiny_bert_dir, root, tracking_uri)
+    keys = root / "api-keys"
+    keys.write_text(f"# sha256(key) tenant\n{hash_key(KEY_A)} tenant-a\n"
+                    f"{hash_key(KEY_B)} tenant-b\n")
+    process = ServiceProcess({
+        "ROUTER_CLASSIFIER": f"models:/{MODEL}@champion", "ROUTER_SCORER": "none",
+        "MLFLOW_TRACKING_URI": tracking_uri, "ROUTER_RELOAD_INTERVAL_S": "0.5",
+        "ROUTER_API_KEYS": str(keys), "ROUTER_PROVIDER_BASE": simulator.root,
+        "ROUTER_DECISION_LOG_URL": f"sqlite:///{root / 'decisions.sqlite'}",
+        "ROUTER_CACHE_DIR": str(root / "cache"), "BENTOML_HOME": str(root / "bentoml"),
+    }, root / "service.log")
+    process.tracking_uri = tracking_uri  # type: ignore[attr-defined]
+    process.decisions_url = f"sqlite:///{root / 'decisions.sqlite'}"  # type: ignore[attr-defined]
+    yield process
+    process.stop()
+
+
+def _client(service: ServiceProcess, key: str):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{service.root}/v1", api_key=key, max_retries=0)
+
+
+def _post(service: ServiceProcess, key: str | None, body: dict, path: str = "chat/completions"
+          ) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{service.root}/v1/{path}", json=body, headers=headers, timeout=60)
+
+
+def _ask(text: str, model: str = "auto") -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": text}]}
+
+
+def test_openai_client_gets_plain_and_streamed_answers(service: ServiceProcess) -> None:
+    client = _client(service, KEY_A)
+    answer = client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "What is the capital of Peru?"}])
+    assert answer.choices[0].message.content
+    assert answer.model_extra["router"]["final_tier"] == "simple"  # v1 routes to simple
+    chunks = list(client.chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "Name three rivers in Asia."}],
+        stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and chunks[-1].usage.completion_tokens > 0
+    models = {m.id for m in client.models.list()}
+    assert {"auto", "simple", "medium", "critical", "gpt-4-1106-preview"} <= models
+
+
+def test_raw_responses_and_chunks_validate_against_the_openai_spec(
+        service: ServiceProcess) -> None:
+    plain = _post(service, KEY_A, _ask("How many legs does a spider have?"))
+    assert plain.status_code == 200, plain.text
+    body = plain.json()
+    routing = body.pop("router")  # the one extra field; the rest is OpenAI's schema
+    openai_spec.validate(body, "CreateChatCompletionResponse")
+    assert plain.headers["x-router-request-id"] == routing["request_id"]
+    assert plain.headers["x-router-tier"] == routing["target_tier"]
+    events = []
+    with httpx.stream("POST", f"{service.root}/v1/chat/completions", timeout=60,
+                      headers={"Authorization": f"Bearer {KEY_A}"},
+                      json={**_ask("Spell 'cat' backwards."), "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and len(events) > 2
+    for event in events[:-1]:
+        openai_spec.validate(json.loads(event), "CreateChatCompletionStreamResponse")
+    openai_spec.validate(httpx.get(f"{service.root}/v1/models", headers={
+        "Authorization": f"Bearer {KEY_A}"}).json(), "ListModelsResponse")
+
+
+def test_decisions_reach_the_log_and_metrics(service: ServiceProcess) -> None:
+    ids = [_post(service, KEY_B, _ask(f"Log me number {i}")).headers["x-router-request-id"]
+           for i in range(3)]
+    with DecisionLog(service.decisions_url) as log:  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            rows = {r.request_id: r for r in log.read(tenant="tenant-b")}
+            if set(ids) <= set(rows):
+                break
+            time.sleep(0.2)
+    assert set(ids) <= set(rows)
+    assert {rows[i].final_tier for i in ids} == {"simple"}
+    assert all(rows[i].status == "ok" and rows[i].cost_usd > 0 for i in ids)
+    metrics = httpx.get(f"{service.root}/metrics").text
+    assert 'tier_router_requests_total{final_tier="simple"' in metrics
+
+
+def test_auth_and_bad_requests_are_clear_errors(service: ServiceProcess) -> None:
+    for key in (None, "sk-unknown"):
+        response = _post(service, key, _ask("hi"))
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_api_key"
+    bad = httpx.post(f"{service.root}/v1/chat/completions", content=b"{not json",
+                     headers={"Authorization": f"Bearer {KEY_A}"})
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+    empty = _post(service, KEY_A, {"model": "auto", "messages": []})
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "messages"
+    unknown = _post(service, KEY_A, _ask("hi", model="gpt-17"))
+    assert unknown.status_code == 400 and "unknown model" in unknown.json()["error"]["message"]
+    assert httpx.get(f"{service.root}/healthz").status_code == 200
+
+
+def test_route_endpoint_decides_without_answering(service: ServiceProcess) -> None:
+    response = _post(service, KEY_A, _ask("Prove Fermat's last theorem."), path="route")
+    assert response.status_code == 200
+    decision = response.json()
+    assert decision["target_tier"] == "simple" and "choices" not in decision
+    assert set(decision["scores"]) == {"simple", "medium", "critical"}
+
+
+def test_tenants_never_share_cached_answers_and_feedback_evicts(
+        service: ServiceProcess) -> None:
+    question = _ask("What is the boiling point of water at sea level in Celsius?")
+    first = _post(service, KEY_A, question)
+    again = _post(service, KEY_A, question)
+    assert (first.headers["x-router-cache"], again.headers["x-router-cache"]) == ("miss",
+                                                                                 "exact")
+    other = _post(service, KEY_B, question)
+    assert other.headers["x-router-cache"] == "miss"  # tenant B never gets A's answer
+    hit_id = again.headers["x-router-request-id"]
+    # B cannot attach feedback to A's request: it looks like an unknown one.
+    refused = _post(service, KEY_B, {"request_id": hit_id, "rating": "negative"}, "feedback")
+    assert refused.status_code == 404
+    given = _post(service, KEY_A, {"request_id": hit_id, "rating": "negative",
+                                   "comment": "wrong"}, "feedback")
+    assert given.status_code == 200 and given.json()["cache_entries_evicted"]
+    assert _post(service, KEY_A, question).headers["x-router-cache"] == "miss"
+    bad = _post(service, KEY_A, {"request_id": hit_id, "rating": "meh"}, "feedback")
+    assert bad.status_code == 400 and "rating" in bad.json()["error"]["message"]
+
+
+def test_moving_the_champion_alias_switches_models_without_a_restart(
+        service: ServiceProcess) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=service.tracking_uri)  # type: ignore[attr-defined]
+
+    def served_after_alias(version: str) -> httpx.Response:
+        client.set_registered_model_alias(MODEL, "champion", version)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            response = _post(service, KEY_A, _ask("Which tier am I?"), path="route")
+            if response.headers.get("x-router-model-version") == version:
+                return response
+            time.sleep(0.25)
+        raise AssertionError(f"alias moved to v{version} but the service still serves "
+                             f"{response.headers.get('x-router-model-version')}")
+
+    pid = service.proc.pid
+    try:
+        assert served_after_alias("2").json()["target_tier"] == "critical"
+        answered = _post(service, KEY_A, _ask("And now?"))
+        assert answered.json()["router"]["final_tier"] == "critical"
+        # Rollback = move the alias back.
+        assert served_after_alias("1").json()["target_tier"] == "simple"
+    finally:
+        client.set_registered_model_alias(MODEL, "champion", "1")
+    assert service.proc.pid == pid and service.proc.poll() is None  # same process throughout
