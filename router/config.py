@@ -190,8 +190,9 @@ class CascadeConfig(_Strict):
 
 class CacheConfig(_Strict):
     enabled: bool = True
-    backend: Literal["embedded"] = "embedded"
-    path: str = "var/cache"
+    backend: Literal["embedded", "chroma"] = "embedded"
+    path: str = "var/cache"  # embedded: where entries persist
+    url: str | None = None  # chroma: the server shared by the replicas, http://host:port
     ttl_s: float = Field(default=86_400.0, gt=0.0)
     max_entries: int = Field(default=100_000, ge=1)
     # Default cosine similarity for a semantic hit; a threshold fitted on paraphrase data wins.
@@ -203,6 +204,12 @@ class CacheConfig(_Strict):
     min_margin: float = Field(default=0.0, ge=0.0, le=2.0)
     min_support: int = Field(default=1, ge=1)
     neighbours: int = Field(default=32, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _server_named(self) -> CacheConfig:
+        if self.backend == "chroma" and not self.url:
+            raise ValueError("backend 'chroma' needs url (the Chroma server, http://host:port)")
+        return self
 
     @model_validator(mode="after")
     def _support_within_window(self) -> CacheConfig:

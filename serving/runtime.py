@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from router.cache import SemanticCache, SharedPassEncoder, create_cache
+from router.cache import CacheError, SemanticCache, SharedPassEncoder, create_cache
 from router.classifier import TierClassifier, load_classifier
 from router.config import RouterConfig, load_config
 from router.dispatch import Dispatcher
@@ -80,6 +80,9 @@ class Runtime:
         if self.settings.decision_log_url:
             updates["decision_log"] = config.decision_log.model_copy(
                 update={"url": self.settings.decision_log_url})
+        if self.settings.cache_url:
+            updates["cache"] = config.cache.model_copy(
+                update={"backend": "chroma", "url": self.settings.cache_url})
         self.config = config.model_copy(update=updates)
         self._dispatcher = Dispatcher(self.config,
                                       api_base_override=self.settings.provider_base)
@@ -163,8 +166,11 @@ class Runtime:
                            classifier.meta.version)
             return None
         root = Path(self.settings.cache_dir or self.config.cache.path)
-        cache = create_cache(self.config.cache, SharedPassEncoder(classifier),
-                             path=str(root / classifier.meta.version))
+        try:
+            cache = create_cache(self.config.cache, SharedPassEncoder(classifier),
+                                 path=str(root / classifier.meta.version))
+        except CacheError as exc:
+            raise ModelLoadError(f"cache: {exc}") from exc
         self._caches.append(cache)
         return cache
 

@@ -15,6 +15,8 @@ Every setting has a documented default that works on a fresh clone after ``make 
   simulator's ``http://127.0.0.1:8900`` (none: as configured)
 - ``ROUTER_DECISION_LOG_URL``: SQLAlchemy URL, wins over the config's (the config's)
 - ``ROUTER_CACHE_DIR``: embedded cache folder, wins over the config's (the config's)
+- ``ROUTER_CACHE_URL``: a Chroma server shared by the replicas; switches the cache to the
+  ``chroma`` backend (the config's backend)
 - ``ROUTER_MAX_BODY_BYTES``: largest request body accepted, bytes (1048576)
 """
 
@@ -52,6 +54,7 @@ class ServiceSettings(BaseModel):
     provider_base: str | None = None
     decision_log_url: str | None = None
     cache_dir: str | None = None
+    cache_url: str | None = None
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
     @classmethod
@@ -64,7 +67,8 @@ class ServiceSettings(BaseModel):
                  "ROUTER_RELOAD_INTERVAL_S": "reload_interval_s",
                  "ROUTER_PROVIDER_BASE": "provider_base",
                  "ROUTER_DECISION_LOG_URL": "decision_log_url",
-                 "ROUTER_CACHE_DIR": "cache_dir", "ROUTER_MAX_BODY_BYTES": "max_body_bytes"}
+                 "ROUTER_CACHE_DIR": "cache_dir", "ROUTER_CACHE_URL": "cache_url",
+                 "ROUTER_MAX_BODY_BYTES": "max_body_bytes"}
         for variable, name in names.items():
             if env.get(variable):
                 values[name] = env[variable]

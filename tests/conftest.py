@@ -114,6 +114,50 @@ class ServiceProcess:
         self._log.close()
 
 
+class ChromaServer:
+    """``chroma run`` from its own cached environment (serving/venvs.py), on 127.0.0.1."""
+
+    def __init__(self, venv: Path, data: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(venv / "bin" / "chroma"), "run", "--path", str(data), "--host", "127.0.0.1",
+             "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chroma exited {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/api/v2/heartbeat", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError("chroma did not answer within 60 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    """A real Chroma server for the session; skipped (with the reason) only where its package
+    cannot be installed from the registry."""
+    from serving.venvs import VenvError, ensure_venv
+
+    try:
+        venv = ensure_venv(REPO / "serving" / "chroma" / "requirements.txt")
+    except VenvError as exc:
+        pytest.skip(f"cannot install the Chroma server here: {exc}")
+    server = ChromaServer(venv, tmp_path_factory.mktemp("chroma"))
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def router_config() -> RouterConfig:
     return load_config(CONFIG_PATH)

@@ -11,8 +11,9 @@ Request path (DESIGN step 3)::
     cache.store(key, response, tier, vectors[0])  # after an answered, cacheable request
     cache.evict(hit.entry_id)                    # negative feedback on a served hit
 
-Backends: ``embedded`` (faiss in-process, persisted to ``CacheConfig.path``). A shared server
-backend for several replicas registers itself in :data:`CACHE_BACKENDS` under its own name.
+Backends: ``embedded`` (faiss in-process, persisted to ``CacheConfig.path``) and ``chroma`` (a
+Chroma server at ``CacheConfig.url`` shared by several replicas), registered by name in
+:data:`CACHE_BACKENDS`.
 """
 
 from __future__ import annotations
@@ -46,8 +47,21 @@ def _embedded(config: CacheConfig, encoder: Encoder, *, threshold: float,
                          clock=clock, **options)
 
 
+def _chroma(config: CacheConfig, encoder: Encoder, *, threshold: float,
+            clock: Callable[[], float], **options: Any) -> SemanticCache:
+    from router.cache.chroma import ChromaCache
+
+    options.pop("path", None)  # the server keeps the entries
+    assert config.url is not None  # CacheConfig requires it for this backend
+    return ChromaCache(url=config.url, dim=encoder.dim, encoder_name=encoder.name,
+                       threshold=threshold, ttl_s=config.ttl_s, max_entries=config.max_entries,
+                       min_margin=config.min_margin, min_support=config.min_support,
+                       neighbours=config.neighbours, clock=clock, **options)
+
+
 # Registry: CacheConfig.backend -> factory(config, encoder, threshold=, clock=, **options).
-CACHE_BACKENDS: dict[str, Callable[..., SemanticCache]] = {"embedded": _embedded}
+CACHE_BACKENDS: dict[str, Callable[..., SemanticCache]] = {"embedded": _embedded,
+                                                           "chroma": _chroma}
 
 
 def create_cache(config: CacheConfig, encoder: Encoder, *, threshold: float | None = None,

@@ -130,6 +130,43 @@ def cache_key(messages: Sequence[Mapping[str, Any]], params: Mapping[str, Any], 
     return CacheKey(tenant=tenant, scope=scope, query=query, exact=exact)
 
 
+def answer_digest(response: Mapping[str, Any]) -> str:
+    """Identity of a stored answer: sha256 of its choices' message content and tool calls.
+
+    Two entries with the same digest answer the same question as far as the cache can tell (the
+    agreement test groups neighbours by it). Ids, timestamps and usage are left out.
+    """
+    choices = response.get("choices") or []
+    messages = [(choice.get("message") or {}) if isinstance(choice, Mapping) else {}
+                for choice in choices]
+    body = [{"content": m.get("content"), "tool_calls": m.get("tool_calls")} for m in messages]
+    data = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+
+
+def agreement(nearest: Sequence[tuple[float, str, str]], neighbours: int, *,
+              saw_all: bool) -> CacheMatch | None:
+    """The semantic candidate and its agreement figures (see :class:`CacheMatch`).
+
+    ``nearest``: live entries of one partition as (cosine, entry id, answer digest), nearest
+    first, up to ``neighbours + 1`` of them; ``saw_all``: they are the whole partition. Shared by
+    every backend, so a hit means the same thing whichever one serves it.
+    """
+    if not nearest:
+        return None
+    best_sim, best_id, best_answer = nearest[0]
+    runner_up = next((sim for sim, _, answer in nearest[1:] if answer != best_answer), None)
+    if runner_up is None:
+        # Nothing different in view: beyond the window every entry is at most the last cosine
+        # seen; with the whole partition in view (or one entry) nothing competes.
+        runner_up = nearest[-1][0] if not saw_all and len(nearest) > 1 else -1.0
+    # The leading run: how many of the nearest entries, in order, hold the served answer.
+    support = next((i for i, (_, _, answer) in enumerate(nearest[:neighbours])
+                    if answer != best_answer), min(len(nearest), neighbours))
+    return CacheMatch(entry_id=best_id, similarity=best_sim, margin=best_sim - runner_up,
+                      runner_up=runner_up, support=support)
+
+
 class SemanticCache(Protocol):
     """A tenant-isolated exact + semantic response cache; safe to call from several threads.
 

@@ -27,7 +27,6 @@ at request time: vectors and stored responses.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -44,26 +43,19 @@ from typing import Any, Literal
 
 import numpy as np
 
-from router.cache.base import CacheError, CacheHit, CacheKey, CacheMatch
+from router.cache.base import (
+    CacheError,
+    CacheHit,
+    CacheKey,
+    CacheMatch,
+    agreement,
+    answer_digest,
+)
 
 logger = logging.getLogger(__name__)
 
 FILE_NAME = "embedded-cache.npz"
 FORMAT_VERSION = 1
-
-
-def answer_digest(response: Mapping[str, Any]) -> str:
-    """Identity of a stored answer: sha256 of its choices' message content and tool calls.
-
-    Two entries with the same digest answer the same question as far as the cache can tell (the
-    agreement test groups neighbours by it). Ids, timestamps and usage are left out.
-    """
-    choices = response.get("choices") or []
-    messages = [(choice.get("message") or {}) if isinstance(choice, Mapping) else {}
-                for choice in choices]
-    body = [{"content": m.get("content"), "tool_calls": m.get("tool_calls")} for m in messages]
-    data = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
 @dataclass
@@ -266,29 +258,16 @@ class EmbeddedCache:
         if part is None or part.live == 0:
             return None
         # +1: the window's last neighbour bounds the margin when no different answer is inside.
-        agreement = self.min_margin > 0 or self.min_support > 1
-        k = min(self.neighbours + 1 if agreement else 1, part.live)
+        agreeing = self.min_margin > 0 or self.min_support > 1
+        k = min(self.neighbours + 1 if agreeing else 1, part.live)
         sims, slots = self._search(part, vector, k)
         alive = []
         for sim, slot in zip(sims, slots, strict=True):
             entry_id = part.slots[slot] if slot >= 0 else None
             entry = self._entries.get(entry_id) if entry_id else None
             if entry is not None and not self._expired(entry, now):
-                alive.append((float(sim), entry))
-        if not alive:
-            return None
-        best_sim, best = alive[0]
-        runner_up = next((sim for sim, e in alive[1:] if e.answer != best.answer), None)
-        if runner_up is None:
-            # Nothing different in view: beyond the window every entry is at most the last
-            # cosine seen; with the whole partition in view (or one entry) nothing competes.
-            bound = alive[-1][0] if len(alive) < part.live and len(alive) > 1 else -1.0
-            runner_up = bound
-        # The leading run: how many of the nearest entries, in order, hold the served answer.
-        support = next((i for i, (_, e) in enumerate(alive[:self.neighbours])
-                        if e.answer != best.answer), min(len(alive), self.neighbours))
-        return CacheMatch(entry_id=best.id, similarity=best_sim, margin=best_sim - runner_up,
-                          runner_up=runner_up, support=support)
+                alive.append((float(sim), entry.id, entry.answer))
+        return agreement(alive, self.neighbours, saw_all=len(alive) >= part.live)
 
     def _search(self, part: _Partition, vector: np.ndarray, k: int) -> tuple[np.ndarray,
                                                                              np.ndarray]:

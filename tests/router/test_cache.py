@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from router.cache import CacheError, cache_key, create_cache
+from router.cache import CacheError, SemanticCache, cache_key, create_cache
 from router.cache.embedded import FILE_NAME, EmbeddedCache
 from router.classifier import InProcessClassifier
 from router.config import CacheConfig
@@ -52,6 +53,24 @@ def make_cache(**overrides) -> EmbeddedCache:
     settings = {"dim": DIM, "encoder_name": "test", "threshold": 0.9, "clock": FakeClock()}
     settings.update(overrides)
     return EmbeddedCache(**settings)
+
+
+@pytest.fixture(params=["embedded", "chroma"])
+def make(request: pytest.FixtureRequest):
+    """The contract tests' cache factory, once per backend: in-process faiss, and a real Chroma
+    server (each cache its own embedding space, so tests never see each other's entries)."""
+    if request.param == "embedded":
+        return make_cache
+    from router.cache.chroma import ChromaCache
+
+    server = request.getfixturevalue("chroma_server")
+
+    def factory(**overrides) -> ChromaCache:
+        settings = {"dim": DIM, "encoder_name": f"test-{uuid.uuid4().hex}", "threshold": 0.9,
+                    "clock": FakeClock()}
+        settings.update(overrides)
+        return ChromaCache(url=server.url, **settings)
+    return factory
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -105,8 +124,8 @@ def test_key_image_payload_pins_the_scope() -> None:
 
 # -- hits and misses ----------------------------------------------------------------------------
 
-def test_exact_hit_returns_a_copy_with_similarity_one() -> None:
-    cache = make_cache()
+def test_exact_hit_returns_a_copy_with_similarity_one(make) -> None:
+    cache = make()
     entry_id = cache.store(key("reset my PIN"), answer("Go to settings."), "simple",
                            unit(1, 0))
     hit = cache.lookup(key("reset  my PIN"))  # no embedding needed for an exact hit
@@ -116,8 +135,8 @@ def test_exact_hit_returns_a_copy_with_similarity_one() -> None:
     assert cache.lookup(key("reset my PIN")).response == answer("Go to settings.")
 
 
-def test_semantic_hit_above_threshold_miss_below() -> None:
-    cache = make_cache(threshold=0.9)
+def test_semantic_hit_above_threshold_miss_below(make) -> None:
+    cache = make(threshold=0.9)
     cache.store(key("reset my PIN"), answer("Go to settings."), "simple", unit(1, 0))
     near = cache.lookup(key("how to reset PIN"), unit(1, 0.3))  # cosine 0.958
     assert near is not None and near.kind == "semantic"
@@ -137,8 +156,8 @@ def test_semantic_hit_with_real_minilm(minilm_encoder) -> None:
     assert cache.lookup(key("What's the weather in Paris?"), unrelated) is None
 
 
-def test_tenants_never_share_entries() -> None:
-    cache = make_cache()
+def test_tenants_never_share_entries(make) -> None:
+    cache = make()
     cache.store(key("reset my PIN", tenant="acme"), answer("acme's answer"), "simple",
                 unit(1, 0))
     assert cache.lookup(key("reset my PIN", tenant="globex"), unit(1, 0)) is None
@@ -146,8 +165,8 @@ def test_tenants_never_share_entries() -> None:
     assert cache.lookup(key("reset my PIN", tenant="acme"), unit(1, 0)) is not None
 
 
-def test_scope_must_match_for_a_semantic_hit() -> None:
-    cache = make_cache()
+def test_scope_must_match_for_a_semantic_hit(make) -> None:
+    cache = make()
     cache.store(key("reset my PIN", temperature=0.0), answer("a"), "simple", unit(1, 0))
     assert cache.lookup(key("reset PIN please", temperature=0.0), unit(1, 0.1)) is not None
     assert cache.lookup(key("reset PIN please", temperature=0.9), unit(1, 0.1)) is None
@@ -155,9 +174,9 @@ def test_scope_must_match_for_a_semantic_hit() -> None:
                         unit(1, 0.1)) is None
 
 
-def test_agreement_margin_rejects_a_query_between_two_answers() -> None:
-    def filled(min_margin: float) -> EmbeddedCache:
-        cache = make_cache(threshold=0.7, min_margin=min_margin, neighbours=4)
+def test_agreement_margin_rejects_a_query_between_two_answers(make) -> None:
+    def filled(min_margin: float) -> SemanticCache:
+        cache = make(threshold=0.7, min_margin=min_margin, neighbours=4)
         cache.store(key("block my card"), answer("blocked"), "simple", unit(1, 0))
         cache.store(key("card lost"), answer("blocked"), "simple", unit(1, 0.05))
         cache.store(key("cancel my card"), answer("cancelled"), "simple", unit(0, 1))
@@ -176,8 +195,8 @@ def test_agreement_margin_rejects_a_query_between_two_answers() -> None:
     assert cache.lookup(key("q"), clear).response == answer("blocked")
 
 
-def test_min_support_needs_the_nearest_entries_to_agree() -> None:
-    cache = make_cache(threshold=0.9, min_support=2, neighbours=4)
+def test_min_support_needs_the_nearest_entries_to_agree(make) -> None:
+    cache = make(threshold=0.9, min_support=2, neighbours=4)
     cache.store(key("block my card"), answer("blocked"), "simple", unit(1, 0))
     cache.store(key("card lost"), answer("blocked"), "simple", unit(1, 0.1))
     cache.store(key("card stolen"), answer("stolen"), "simple", unit(1, -0.3))
@@ -188,11 +207,11 @@ def test_min_support_needs_the_nearest_entries_to_agree() -> None:
     assert cache.nearest(key("q"), near_odd).support == 1
     assert cache.lookup(key("q"), near_odd) is None
     with pytest.raises(CacheError, match="exceeds neighbours"):
-        make_cache(min_support=5, neighbours=4)
+        make(min_support=5, neighbours=4)
 
 
-def test_wrong_embedding_shape_is_a_domain_error() -> None:
-    cache = make_cache()
+def test_wrong_embedding_shape_is_a_domain_error(make) -> None:
+    cache = make()
     with pytest.raises(CacheError, match="8 finite numbers"):
         cache.store(key("x"), answer("a"), "simple", np.ones(3))
     with pytest.raises(CacheError, match="JSON"):
@@ -201,9 +220,9 @@ def test_wrong_embedding_shape_is_a_domain_error() -> None:
 
 # -- lifetime -----------------------------------------------------------------------------------
 
-def test_ttl_expired_entries_are_never_served_and_are_purged() -> None:
+def test_ttl_expired_entries_are_never_served_and_are_purged(make) -> None:
     clock = FakeClock()
-    cache = make_cache(ttl_s=60.0, clock=clock)
+    cache = make(ttl_s=60.0, clock=clock)
     cache.store(key("reset my PIN"), answer("a"), "simple", unit(1, 0))
     clock.now += 59.0
     assert cache.lookup(key("reset my PIN")) is not None
@@ -214,9 +233,9 @@ def test_ttl_expired_entries_are_never_served_and_are_purged() -> None:
     assert len(cache) == 0
 
 
-def test_size_bound_drops_the_oldest_first() -> None:
+def test_size_bound_drops_the_oldest_first(make) -> None:
     clock = FakeClock()
-    cache = make_cache(max_entries=3, clock=clock)
+    cache = make(max_entries=3, clock=clock)
     for i in range(5):
         clock.now += 1
         cache.store(key(f"q{i}"), answer(f"a{i}"), "simple", unit(1, i))
@@ -225,8 +244,8 @@ def test_size_bound_drops_the_oldest_first() -> None:
     assert cache.lookup(key("q4")).response == answer("a4")
 
 
-def test_restoring_a_key_replaces_its_entry() -> None:
-    cache = make_cache()
+def test_restoring_a_key_replaces_its_entry(make) -> None:
+    cache = make()
     first = cache.store(key("q"), answer("old"), "simple", unit(1, 0))
     second = cache.store(key("q"), answer("new"), "medium", unit(1, 0))
     assert first != second and len(cache) == 1
@@ -234,8 +253,8 @@ def test_restoring_a_key_replaces_its_entry() -> None:
     assert cache.lookup(key("q?"), unit(1, 0)).entry_id == second
 
 
-def test_evict_on_negative_feedback() -> None:
-    cache = make_cache()
+def test_evict_on_negative_feedback(make) -> None:
+    cache = make()
     entry_id = cache.store(key("q"), answer("wrong"), "simple", unit(1, 0))
     hit = cache.lookup(key("q similar"), unit(1, 0.1))
     assert hit is not None and hit.entry_id == entry_id

@@ -7,6 +7,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -49,24 +50,53 @@ def _register(tiny_bert_dir: Path, root: Path, tracking_uri: str) -> dict[str, s
     return versions
 
 
+@dataclass
+class Registry:
+    root: Path
+    tracking_uri: str
+    keys: Path
+
+
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
-            simulator: SimulatorProcess) -> Iterator[ServiceProcess]:
+def registry(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Registry:
     root = tmp_path_factory.mktemp("service")
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     _register(tiny_bert_dir, root, tracking_uri)
     keys = root / "api-keys"
     keys.write_text(f"# sha256(key) tenant\n{hash_key(KEY_A)} tenant-a\n"
                     f"{hash_key(KEY_B)} tenant-b\n")
+    return Registry(root, tracking_uri, keys)
+
+
+def _start(registry: Registry, simulator: SimulatorProcess, name: str,
+           **env: str) -> ServiceProcess:
+    folder = registry.root / name
+    folder.mkdir()
     process = ServiceProcess({
         "ROUTER_CLASSIFIER": f"models:/{MODEL}@champion", "ROUTER_SCORER": "none",
-        "MLFLOW_TRACKING_URI": tracking_uri, "ROUTER_RELOAD_INTERVAL_S": "0.5",
-        "ROUTER_API_KEYS": str(keys), "ROUTER_PROVIDER_BASE": simulator.root,
-        "ROUTER_DECISION_LOG_URL": f"sqlite:///{root / 'decisions.sqlite'}",
-        "ROUTER_CACHE_DIR": str(root / "cache"), "BENTOML_HOME": str(root / "bentoml"),
-    }, root / "service.log")
-    process.tracking_uri = tracking_uri  # type: ignore[attr-defined]
-    process.decisions_url = f"sqlite:///{root / 'decisions.sqlite'}"  # type: ignore[attr-defined]
+        "MLFLOW_TRACKING_URI": registry.tracking_uri, "ROUTER_RELOAD_INTERVAL_S": "0.5",
+        "ROUTER_API_KEYS": str(registry.keys), "ROUTER_PROVIDER_BASE": simulator.root,
+        "ROUTER_DECISION_LOG_URL": f"sqlite:///{folder / 'decisions.sqlite'}",
+        "ROUTER_CACHE_DIR": str(folder / "cache"), "BENTOML_HOME": str(folder / "bentoml"),
+        **env}, folder / "service.log")
+    process.tracking_uri = registry.tracking_uri  # type: ignore[attr-defined]
+    process.decisions_url = f"sqlite:///{folder / 'decisions.sqlite'}"  # type: ignore[attr-defined]
+    return process
+
+
+@pytest.fixture(scope="module")
+def service(registry: Registry, simulator: SimulatorProcess) -> Iterator[ServiceProcess]:
+    """The service on the embedded cache and SQLite decision log."""
+    process = _start(registry, simulator, "embedded")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_cache_service(registry: Registry, simulator: SimulatorProcess,
+                         chroma_server) -> Iterator[ServiceProcess]:
+    """The service on the shared cache backend (a real Chroma server)."""
+    process = _start(registry, simulator, "chroma", ROUTER_CACHE_URL=chroma_server.url)
     yield process
     process.stop()
 
@@ -165,8 +195,11 @@ def test_route_endpoint_decides_without_answering(service: ServiceProcess) -> No
     assert set(decision["scores"]) == {"simple", "medium", "critical"}
 
 
+@pytest.mark.parametrize("backend", ["embedded", "chroma"])
 def test_tenants_never_share_cached_answers_and_feedback_evicts(
-        service: ServiceProcess) -> None:
+        backend: str, request: pytest.FixtureRequest) -> None:
+    service = request.getfixturevalue("service" if backend == "embedded"
+                                      else "shared_cache_service")
     question = _ask("What is the boiling point of water at sea level in Celsius?")
     first = _post(service, KEY_A, question)
     again = _post(service, KEY_A, question)
@@ -181,6 +214,9 @@ def test_tenants_never_share_cached_answers_and_feedback_evicts(
     given = _post(service, KEY_A, {"request_id": hit_id, "rating": "negative",
                                    "comment": "wrong"}, "feedback")
     assert given.status_code == 200 and given.json()["cache_entries_evicted"]
+    # Chroma entry ids name their collection: proof the shared backend served the hit.
+    shared = given.json()["cache_entries_evicted"][0].startswith("trc-")
+    assert shared == (backend == "chroma")
     assert _post(service, KEY_A, question).headers["x-router-cache"] == "miss"
     bad = _post(service, KEY_A, {"request_id": hit_id, "rating": "meh"}, "feedback")
     assert bad.status_code == 400 and "rating" in bad.json()["error"]["message"]
