@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup test lint simulate repro bench demo
+.PHONY: setup test lint simulate repro bench demo bento
 
 setup: $(VENV)/.installed
 
@@ -66,3 +66,11 @@ bench: setup
 	$(BENCH) --workload paraphrase --out $(BENCH_DIR)/paraphrase.json
 	$(BIN)/tier-router overhead --out $(BENCH_DIR)/overhead.json
 	$(BIN)/tier-router bench-docs $(BENCH_DIR) docs/benchmarks.md
+
+# The service as a Bento carrying its models (the champion bundles, exported from MLflow), then a
+# check that `bentoml serve` of the built Bento answers /healthz and one chat completion. Not in
+# `make test`: `bentoml build` reaches PyPI.
+bento: setup
+	$(BIN)/python -m serving.export --out var/bento-models
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/bentoml build -f bentofile.yaml .
+	$(BIN)/python -m serving.check_bento tier-router:latest

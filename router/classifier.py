@@ -100,7 +100,7 @@ class InProcessClassifier:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
-        self.meta = _read_meta(path)
+        self.meta = read_meta(path)
         self._torch = torch
         # One forward pass at a time: torch already uses every core for one batch.
         self._lock = threading.Lock()
@@ -146,7 +146,7 @@ class InProcessClassifier:
         return [dict(zip(TIERS, row, strict=True)) for row in probs.tolist()], embeddings
 
 
-def _read_meta(path: Path) -> ClassifierMeta:
+def read_meta(path: Path) -> ClassifierMeta:
     meta_path = path / MODEL_META
     if not meta_path.exists():
         return ClassifierMeta(version=path.name)
@@ -186,11 +186,19 @@ CLASSIFIER_BACKENDS: dict[str, Callable[[str], TierClassifier]] = {
     "fixed": lambda rest: FixedTierClassifier(rest),  # type: ignore[arg-type]
     "path": lambda rest: InProcessClassifier(Path(rest)),
     "models": lambda rest: InProcessClassifier(registered_model_dir(f"models:{rest}")),
+    "vllm": lambda rest: _vllm(rest),
 }
 
 
+def _vllm(rest: str) -> TierClassifier:
+    from router.vllm_classifier import from_spec
+
+    return from_spec(rest)
+
+
 def load_classifier(spec: str) -> TierClassifier:
-    """``fixed:TIER``, ``path:DIR``, ``models:/NAME@ALIAS`` or a bare directory path."""
+    """``fixed:TIER``, ``path:DIR``, ``models:/NAME@ALIAS``, ``vllm:URL#DIR`` or a bare
+    directory path."""
     prefix, _, rest = spec.partition(":")
     if rest and prefix in CLASSIFIER_BACKENDS:
         return CLASSIFIER_BACKENDS[prefix](rest)

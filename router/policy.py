@@ -84,6 +84,7 @@ class RouteDecision:
     cache_key: CacheKey | None = None  # None: the request is not cacheable
     cache_hit: CacheHit | None = None
     embedding: Any = None  # (d,) vector of the shared encoder pass, for storing the answer
+    classifier_source: str | None = None  # "primary" / "fallback" behind a circuit breaker
 
 
 @dataclass
@@ -165,7 +166,7 @@ class RouterPolicy:
             override = self.overrides.match(
                 "\n".join(message_text(m.get("content")) for m in messages))
         lap("override")
-        key = hit = embedding = None
+        key = hit = embedding = source = None
         if self.cache is not None and override is None:
             key = cache_key(request.messages, request.params, request.model, request.tenant)
             hit = self.cache.lookup(key)
@@ -180,6 +181,11 @@ class RouterPolicy:
         if key is not None and self._shared_pass:
             predicted, vectors = self.classifier.predict_with_embeddings([text])
             scores, embedding = predicted[0], vectors[0]
+        elif hasattr(self.classifier, "predict_with_source"):  # a remote model behind a breaker
+            predicted, source = self.classifier.predict_with_source([text])
+            scores = predicted[0]
+            if key is not None and self.encoder is not None:
+                embedding = self.encoder.encode([text])[0]
         else:
             scores = self.classifier.predict([text])[0]
             if key is not None and self.encoder is not None:
@@ -204,7 +210,7 @@ class RouterPolicy:
             predicted_tier=gate.predicted_tier, confidence=gate.confidence, target_tier=target,
             thresholds=self.thresholds, gate=None if pinned or override or hit else gate,
             override=override, pinned=pinned, latency_ms=timings, cache_key=key,
-            cache_hit=hit, embedding=embedding)
+            cache_hit=hit, embedding=embedding, classifier_source=source)
 
     async def route(self, request: RouteRequest) -> RouteResult:
         """Decide, dispatch, record. Raises RequestFormatError (bad request) or DispatchError
@@ -387,6 +393,8 @@ class RouterPolicy:
                 record.cache_similarity = hit.similarity if hit is not None else None
                 if hit is not None:
                     record.extra["cache_entry"] = hit.entry_id
+            if decision.classifier_source is not None:
+                record.extra["classifier_source"] = decision.classifier_source
             if decision.cascade_skipped_budget_ms is not None:
                 record.extra["cascade_skipped_budget_ms"] = decision.cascade_skipped_budget_ms
         if cascade:

@@ -97,6 +97,7 @@ def decision_summary(decision: RouteDecision) -> dict[str, Any]:
                   "similarity": hit.similarity if hit else None},
         "thresholds": decision.thresholds.as_dict(),
         "threshold_source": decision.thresholds.source,
+        "classifier_source": decision.classifier_source,
     }
 
 

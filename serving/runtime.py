@@ -18,7 +18,16 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from router.cache import CacheError, SemanticCache, SharedPassEncoder, create_cache
+from router.breaker import CircuitBreakerClassifier
+from router.cache import (
+    CacheError,
+    Encoder,
+    EncoderError,
+    MiniLMEncoder,
+    SemanticCache,
+    SharedPassEncoder,
+    create_cache,
+)
 from router.classifier import TierClassifier, load_classifier
 from router.config import RouterConfig, load_config
 from router.dispatch import Dispatcher
@@ -34,7 +43,7 @@ _ALIAS = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
 
 
 class ModelLoadError(RouterError):
-    """A classifier or scorer named by the settings could not be loaded."""
+    """A classifier, scorer or cache named by the settings could not be loaded."""
 
 
 @dataclass(frozen=True)
@@ -72,9 +81,11 @@ class Runtime:
 
     def start(self) -> Runtime:
         """Load everything; raise :class:`ModelLoadError` / ``ConfigError`` on bad settings."""
-        import mlflow
+        if any(spec and spec.startswith("models:")
+               for spec in (self.settings.classifier, self.settings.scorer)):
+            import mlflow  # only for registry specs: a Bento serves files, without MLflow
 
-        mlflow.set_tracking_uri(self.settings.tracking_uri)
+            mlflow.set_tracking_uri(self.settings.tracking_uri)
         config = load_config(self.settings.config)
         updates = {}
         if self.settings.decision_log_url:
@@ -144,35 +155,51 @@ class Runtime:
             raise ModelLoadError(f"{self.settings.classifier}: {exc}") from exc
         return str(found.version)
 
-    def _install(self, spec: str, version: str | None) -> None:
-        assert self.config is not None and self._dispatcher is not None
+    def _load(self, spec: str) -> TierClassifier:
+        """The classifier a spec names; a remote one (``vllm:``) behind a circuit breaker whose
+        fallback is ``classifier_fallback``."""
+        s = self.settings
         try:
-            classifier = load_classifier(spec)
+            if not spec.startswith("vllm:"):
+                return load_classifier(spec)
+            from router.vllm_classifier import from_spec
+
+            return CircuitBreakerClassifier(
+                from_spec(spec.removeprefix("vllm:"), timeout_s=s.classifier_timeout_s),
+                load_classifier(s.classifier_fallback), failures_to_open=s.breaker_failures,
+                reset_after_s=s.breaker_reset_s)
         except RouterError as exc:
             raise ModelLoadError(f"tier classifier {spec}: {exc}") from exc
-        cache = self._cache_for(classifier)
+
+    def _install(self, spec: str, version: str | None) -> None:
+        assert self.config is not None and self._dispatcher is not None
+        classifier = self._load(spec)
+        cache, encoder = self._cache_for(classifier)
         self.policy = RouterPolicy(self.config, classifier, self._dispatcher,
                                    decision_log=self.decision_log, scorer=self._scorer,
-                                   cache=cache)
+                                   cache=cache, encoder=encoder)
         previous, self.model_version = self.model_version, version
         logger.info("serving tier classifier %s (%s)%s", classifier.meta.version, spec,
                     f", replacing version {previous}" if previous else "")
 
-    def _cache_for(self, classifier: TierClassifier) -> SemanticCache | None:
+    def _cache_for(self, classifier: TierClassifier
+                   ) -> tuple[SemanticCache | None, Encoder | None]:
+        """The cache for this classifier's embedding space, and the encoder that fills it when
+        the classifier cannot share its pass (a remote one: then MiniLM runs beside it)."""
         if not self.config or not self.config.cache.enabled:
-            return None
-        if not hasattr(classifier, "predict_with_embeddings"):
-            logger.warning("classifier %s yields no embeddings: cache off",
-                           classifier.meta.version)
-            return None
-        root = Path(self.settings.cache_dir or self.config.cache.path)
+            return None, None
         try:
-            cache = create_cache(self.config.cache, SharedPassEncoder(classifier),
-                                 path=str(root / classifier.meta.version))
-        except CacheError as exc:
+            if hasattr(classifier, "predict_with_embeddings"):
+                encoder, own = SharedPassEncoder(classifier), None
+            else:
+                encoder = own = MiniLMEncoder()
+            root = Path(self.settings.cache_dir or self.config.cache.path)
+            cache = create_cache(self.config.cache, encoder,
+                                 path=str(root / encoder.name.replace(":", "-")))
+        except (CacheError, EncoderError) as exc:
             raise ModelLoadError(f"cache: {exc}") from exc
         self._caches.append(cache)
-        return cache
+        return cache, own
 
     def _watch(self) -> None:
         while not self._stop.wait(self.settings.reload_interval_s):

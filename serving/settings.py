@@ -3,9 +3,17 @@
 Every setting has a documented default that works on a fresh clone after ``make repro``
 (``make demo`` relies on them). ``ServiceSettings.from_env()`` is called once, at service start.
 
+Inside a built Bento (``make bento``) the classifier and scorer default to the bundles it
+carries, so it serves with no MLflow store.
+
 - ``ROUTER_CONFIG``: router YAML (``configs/router.yaml``)
 - ``ROUTER_CLASSIFIER``: ``models:/NAME@ALIAS``, a bundle folder or ``fixed:TIER``
   (``models:/tier-classifier@champion``)
+- ``ROUTER_CLASSIFIER_FALLBACK``: what scores requests while a remote (``vllm:``) classifier
+  is down or slow: ``fixed:critical`` (default) or a local spec (the same weights in-process)
+- ``ROUTER_CLASSIFIER_TIMEOUT_S``: a remote classifier call slower than this fails (1.0)
+- ``ROUTER_BREAKER_FAILURES``: failures in a row that open the circuit (3)
+- ``ROUTER_BREAKER_RESET_S``: seconds the circuit stays open before one trial call (10)
 - ``ROUTER_SCORER``: response scorer spec, or ``none`` (``models:/response-scorer@champion``)
 - ``MLFLOW_TRACKING_URI``: MLflow store for ``models:/`` specs (``sqlite:///mlruns/mlflow.db``)
 - ``ROUTER_RELOAD_INTERVAL_S``: seconds between alias checks, 0 = never (30)
@@ -47,6 +55,10 @@ class ServiceSettings(BaseModel):
 
     config: Path = Path("configs/router.yaml")
     classifier: str = "models:/tier-classifier@champion"
+    classifier_fallback: str = "fixed:critical"
+    classifier_timeout_s: float = Field(default=1.0, gt=0.0)
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_reset_s: float = Field(default=10.0, gt=0.0)
     scorer: str | None = "models:/response-scorer@champion"
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     reload_interval_s: float = Field(default=30.0, ge=0.0)
@@ -58,11 +70,22 @@ class ServiceSettings(BaseModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
-        """Read the variables above; a bad value is a :class:`ConfigError` naming it."""
+    def from_env(cls, env: Mapping[str, str] | None = None,
+                 cwd: Path | None = None) -> ServiceSettings:
+        """Read the variables above; a bad value is a :class:`ConfigError` naming it. Inside a
+        built Bento the defaults are the models it carries (:func:`bundled_models`)."""
         env = os.environ if env is None else env
         values: dict[str, object] = {}
+        bundled = bundled_models(Path.cwd() if cwd is None else cwd)
+        if bundled is not None:
+            values["classifier"] = f"path:{bundled / 'classifier'}"
+            values["scorer"] = (str(bundled / "scorer") if (bundled / "scorer").is_dir()
+                                else None)
         names = {"ROUTER_CONFIG": "config", "ROUTER_CLASSIFIER": "classifier",
+                 "ROUTER_CLASSIFIER_FALLBACK": "classifier_fallback",
+                 "ROUTER_CLASSIFIER_TIMEOUT_S": "classifier_timeout_s",
+                 "ROUTER_BREAKER_FAILURES": "breaker_failures",
+                 "ROUTER_BREAKER_RESET_S": "breaker_reset_s",
                  "ROUTER_SCORER": "scorer", "MLFLOW_TRACKING_URI": "tracking_uri",
                  "ROUTER_RELOAD_INTERVAL_S": "reload_interval_s",
                  "ROUTER_PROVIDER_BASE": "provider_base",
@@ -87,6 +110,20 @@ class ServiceSettings(BaseModel):
             raise ConfigError("environment", [
                 (reverse.get(str(error["loc"][0]), str(error["loc"][0])), error["msg"])
                 for error in exc.errors()]) from None
+
+
+BUNDLED_MODELS = Path("var/bento-models")  # where `make bento` exports the champion bundles
+
+
+def bundled_models(cwd: Path) -> Path | None:
+    """The models folder a built Bento carries, when running inside one: BentoML serves a Bento
+    from its ``src`` folder with ``bento.yaml`` beside it. None in a checkout (there the MLflow
+    registry is the source, and the alias reload works)."""
+    folder = cwd / BUNDLED_MODELS
+    if (cwd.name == "src" and (cwd.parent / "bento.yaml").is_file()
+            and (folder / "classifier").is_dir()):
+        return folder
+    return None
 
 
 def read_key_file(path: Path) -> dict[str, str]:

@@ -147,10 +147,10 @@ class ChromaServer:
 def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
     """A real Chroma server for the session; skipped (with the reason) only where its package
     cannot be installed from the registry."""
-    from serving.venvs import VenvError, ensure_venv
+    from serving.venvs import VenvError, chroma_env
 
     try:
-        venv = ensure_venv(REPO / "serving" / "chroma" / "requirements.txt")
+        venv = chroma_env()
     except VenvError as exc:
         pytest.skip(f"cannot install the Chroma server here: {exc}")
     server = ChromaServer(venv, tmp_path_factory.mktemp("chroma"))

@@ -141,16 +141,26 @@ def test_raw_responses_and_chunks_validate_against_the_openai_spec(
     openai_spec.validate(body, "CreateChatCompletionResponse")
     assert plain.headers["x-router-request-id"] == routing["request_id"]
     assert plain.headers["x-router-tier"] == routing["target_tier"]
-    events = []
-    with httpx.stream("POST", f"{service.root}/v1/chat/completions", timeout=60,
-                      headers={"Authorization": f"Bearer {KEY_A}"},
-                      json={**_ask("Spell 'cat' backwards."), "stream": True}) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
-    assert events[-1] == "[DONE]" and len(events) > 2
-    for event in events[:-1]:
-        openai_spec.validate(json.loads(event), "CreateChatCompletionStreamResponse")
+    # The second stream of the same question is an exact cache hit, replayed as a stream.
+    for expected_cache in ("miss", "exact"):
+        with httpx.stream("POST", f"{service.root}/v1/chat/completions", timeout=60,
+                          headers={"Authorization": f"Bearer {KEY_A}"},
+                          json={**_ask("Spell 'cat' backwards."), "stream": True,
+                                "stream_options": {"include_usage": True}}) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            assert response.headers["x-router-cache"] == expected_cache
+            events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]" and len(events) > 2
+        chunks = [json.loads(event) for event in events[:-1]]
+        for chunk in chunks:
+            openai_spec.validate(chunk, "CreateChatCompletionStreamResponse")
+        assert "usage" in chunks[-1] and not chunks[-1]["choices"]
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks
+                       if c["choices"])
+        if expected_cache == "miss":
+            streamed = text
+    assert text == streamed  # the cached replay says what the provider said
     openai_spec.validate(httpx.get(f"{service.root}/v1/models", headers={
         "Authorization": f"Bearer {KEY_A}"}).json(), "ListModelsResponse")
 

