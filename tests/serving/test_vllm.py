@@ -38,10 +38,11 @@ PROMPTS = [f"Question {i}: " + text for i, text in enumerate([
 
 
 class VLLMServer:
-    def __init__(self, python: Path, model_dir: Path, log: Path) -> None:
+    def __init__(self, python: Path, model_dir: Path, log: Path, port: int | None = None) -> None:
         from serving.vllm import CPU_ENV, serve_command
 
-        self.port = free_port()
+        self.python = python
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.model_dir = model_dir
         self._log = log.open("w")
@@ -156,9 +157,20 @@ def test_service_on_vllm_falls_back_and_recovers(
             time.sleep(0.5)
         assert ask("A fresh question after recovery")["classifier_source"] == "primary"
 
-        vllm_server.stop()  # stopped for good: connection refused -> fallback, still answered
-        assert ask("vLLM is gone")["classifier_source"] == "fallback"
+        vllm_server.stop()  # stopped: connection refused -> fallback, still answered
+        gone = [ask(f"vLLM is gone {i}") for i in range(2)]  # two failures: open again
+        assert {r["classifier_source"] for r in gone} == {"fallback"}
+        # Started again on the same address: the breaker's next trial finds it.
+        restarted = VLLMServer(vllm_server.python, vllm_server.model_dir,
+                               vllm_server.log_path.with_name("vllm-2.log"), vllm_server.port)
+        try:
+            deadline = time.monotonic() + 30
+            while ask("Restarted yet?")["classifier_source"] != "primary":
+                assert time.monotonic() < deadline, "no recovery after the restart"
+                time.sleep(0.5)
+        finally:
+            restarted.stop()
         log = service.log_path.read_text(errors="replace")
-        assert "classifier circuit OPEN" in log and "circuit closed" in log
+        assert log.count("classifier circuit OPEN") >= 2 and "circuit closed" in log
     finally:
         service.stop()
