@@ -222,6 +222,10 @@ class CacheConfig(_Strict):
 class DecisionLogConfig(_Strict):
     url: str = Field(default="sqlite:///var/decisions.sqlite",
                      description="SQLAlchemy URL; a PostgreSQL URL works unchanged")
+    # How logged prompts are kept: redact = PII and secrets replaced by typed placeholders
+    # (router.pii; harvest can still train on them), hash = no text at all (text_hash only),
+    # keep = verbatim.
+    prompts: Literal["redact", "hash", "keep"] = "redact"
 
     @field_validator("url")
     @classmethod

@@ -53,6 +53,10 @@ def message_text(content: Any) -> str:
                              f"got {type(content).__name__}")
 
 
+# OpenAI's chat roles ("function" is its deprecated predecessor of "tool").
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
 def request_messages(request: ChatRequest) -> list[Message]:
     """The message list of a request given as a string, a message list or a request body."""
     if isinstance(request, str):
@@ -65,7 +69,10 @@ def request_messages(request: ChatRequest) -> list[Message]:
         raise RequestFormatError("request must hold a non-empty list of messages")
     for message in request:
         if not isinstance(message, Mapping) or "role" not in message:
-            raise RequestFormatError(f"each message needs a 'role': {message!r}")
+            raise RequestFormatError(f"each message needs a 'role': {message!r:.80}")
+        if message["role"] not in ROLES:
+            raise RequestFormatError(f"unknown message role {message['role']!r:.40}; use one of "
+                                     f"{', '.join(ROLES)}")
     if not any(message["role"] == "user" for message in request):
         raise RequestFormatError("request has no user message")
     return list(request)

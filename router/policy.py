@@ -40,6 +40,7 @@ from router.errors import RequestFormatError, RouterError
 from router.gate import GateDecision, Thresholds, decide, resolve_thresholds
 from router.normalise import message_text, normalise, request_messages
 from router.overrides import DomainOverrides, OverrideMatch
+from router.pii import scrub_pii
 from router.protocol import cached_stream, chunk_payload
 from router.scorer import ResponseScorer
 from router.telemetry import DecisionLog, DecisionRecord
@@ -357,6 +358,12 @@ class RouterPolicy:
         return replace(result, cost_usd=total_cost, latency_ms=total_ms,
                        deployments_tried=tried, fallbacks=fallbacks)
 
+    def _logged_text(self, text: str) -> str | None:
+        mode = self.config.decision_log.prompts
+        if mode == "hash":
+            return None
+        return scrub_pii(text)[0] if mode == "redact" else text
+
     def _record(self, request: RouteRequest, decision: RouteDecision | None,
                 result: DispatchResult | None, started: float,
                 error: Exception | None = None,
@@ -369,7 +376,7 @@ class RouterPolicy:
         record = DecisionRecord(
             request_id=request.request_id, tenant=request.tenant,
             text_hash=decision.text_hash if decision else "",
-            text=decision.text if decision else None,
+            text=self._logged_text(decision.text) if decision else None,
             requested_model=request.model, latency_ms=latency,
             status=status or ("error" if error else "ok"),
             error=f"{type(error).__name__}: {error}" if error else None,

@@ -25,7 +25,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -380,7 +380,10 @@ class DecisionLog:
 
     def __init__(self, url: str, *, metrics: RouterMetrics | None = None,
                  spill_path: Path | None = None, batch_size: int = 200,
-                 flush_interval_s: float = 0.2, max_retries: int = 5) -> None:
+                 flush_interval_s: float = 0.2, max_retries: int = 5,
+                 observers: Sequence[Callable[[DecisionRecord], None]] = ()) -> None:
+        """``observers``: called with each record as it is recorded (spend tracking...), like
+        the metrics; an observer that raises is logged, never fails the request."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if flush_interval_s < 0:
@@ -389,6 +392,7 @@ class DecisionLog:
             raise ValueError(f"max_retries must not be negative, got {max_retries}")
         self.url = url
         self.metrics = metrics
+        self.observers = list(observers)
         # Pinned now: a later chdir must not move the spill file.
         self.spill_path = (spill_path if spill_path is not None else DEFAULT_SPILL_PATH).absolute()
         self._batch_size = batch_size
@@ -436,11 +440,13 @@ class DecisionLog:
         After :meth:`close` the record goes straight to the spill file.
         """
         row = rec.to_row()
-        if self.metrics is not None:
+        for observe in ([self.metrics.observe] if self.metrics is not None else []) + \
+                self.observers:
             try:
-                self.metrics.observe(rec)
+                observe(rec)
             except Exception:  # metrics must never fail a request
-                logger.exception("decision log: metrics for request %s failed", rec.request_id)
+                logger.exception("decision log: observer for request %s failed",
+                                 rec.request_id)
         with self._state_lock:
             if not self._closed:
                 self._queue.put(row)
@@ -513,6 +519,16 @@ class DecisionLog:
         """The number of written records."""
         with self._db_lock, self._engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(decisions)).scalar_one())
+
+    def spend(self, since: datetime) -> dict[str, float]:
+        """USD spent per tenant by written records created at or after ``since`` (tz-aware)."""
+        if since.tzinfo is None:
+            raise ValueError(f"since must be timezone-aware, got {since!r}")
+        self.flush()
+        query = (select(decisions.c.tenant, func.sum(decisions.c.cost_usd))
+                 .where(decisions.c.created_at >= since).group_by(decisions.c.tenant))
+        with self._db_lock, self._engine.connect() as conn:
+            return {tenant: float(total or 0.0) for tenant, total in conn.execute(query)}
 
     def get(self, request_id: str) -> DecisionRecord | None:
         """The written record of one request (flushes first), or None."""

@@ -29,11 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router.dispatch import DispatchError
 from router.errors import RequestFormatError
+from router.normalise import message_text, request_messages
 from router.policy import RouteDecision, RouteRequest, RouterPolicy
 from router.protocol import completion_payload
 from router.tiers import TIERS
+from router.tokens import count_prompt_tokens
 from serving.runtime import Runtime
-from serving.settings import tenant_for
+from serving.settings import hash_key, tenant_for
 
 logger = logging.getLogger(__name__)
 
@@ -45,15 +47,59 @@ class ApiError(Exception):
     """An error answered in OpenAI's shape."""
 
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
-                 code: str | None = None, param: str | None = None) -> None:
+                 code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.code, self.param = (
             status, message, kind, code, param)
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         return JSONResponse({"error": {"message": self.message, "type": self.kind,
                                        "param": self.param, "code": self.code}},
-                            status_code=self.status)
+                            status_code=self.status, headers=self.headers)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool | None = None
+
+
+class ChatRequest(BaseModel):
+    """The standard fields of OpenAI's chat-completions request, typed as its spec types them;
+    other fields pass through to the provider unchecked (providers add their own)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    model: str = "auto"
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    n: int | None = Field(default=None, ge=1, le=128)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    metadata: dict[str, str] | None = None
+
+
+def _problems(exc: ValidationError) -> tuple[str, str | None]:
+    """A readable summary of a validation error and the first offending field."""
+    errors = exc.errors()
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors[:5]]
+    first = str(errors[0]["loc"][0]) if errors and errors[0]["loc"] else None
+    return "; ".join(parts), first
 
 
 class Feedback(BaseModel):
@@ -121,6 +167,18 @@ def create_app(runtime: Callable[[], Runtime]) -> FastAPI:
         if tenant is None:
             raise ApiError(401, "missing or unknown API key (send 'Authorization: Bearer "
                            "<key>')", "authentication_error", "invalid_api_key")
+        if rt.rate_limiter is not None:
+            wait_s = rt.rate_limiter.allow(hash_key(key or ""))
+            if wait_s > 0:
+                raise ApiError(429, f"rate limit of {rt.settings.rate_limit_rps:g} requests/s "
+                               f"for this API key exceeded; retry in {wait_s:.2f} s",
+                               "rate_limit_error", "rate_limit_exceeded",
+                               headers={"retry-after": str(max(1, round(wait_s + 0.5)))})
+        spent = rt.spend.exhausted(tenant) if rt.spend is not None else None
+        if spent is not None:
+            raise ApiError(403, f"tenant {tenant!r} has spent ${spent[0]:.4f} of its "
+                           f"${spent[1]:.2f} budget for this month", "insufficient_quota",
+                           "budget_exhausted")
         return rt, rt.policy, tenant
 
     async def body_of(request: Request, rt: Runtime) -> dict[str, Any]:
@@ -137,13 +195,20 @@ def create_app(runtime: Callable[[], Runtime]) -> FastAPI:
         return body
 
     def route_request(body: dict[str, Any], tenant: str, request: Request,
-                      policy: RouterPolicy) -> RouteRequest:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise ApiError(400, "'messages' must be a non-empty array", param="messages")
-        model = body.get("model", "auto")
-        if not isinstance(model, str):
-            raise ApiError(400, "'model' must be a string", param="model")
+                      rt: Runtime, policy: RouterPolicy) -> RouteRequest:
+        try:
+            chat = ChatRequest.model_validate(body)
+            contents = [message_text(m.get("content")) for m in request_messages(chat.messages)]
+        except ValidationError as exc:
+            message, param = _problems(exc)
+            raise ApiError(400, f"invalid request: {message}", param=param) from None
+        except RequestFormatError as exc:
+            raise ApiError(400, str(exc), param="messages") from None
+        tokens = count_prompt_tokens(contents)
+        if tokens > rt.settings.max_prompt_tokens:
+            raise ApiError(413, f"the prompt has {tokens} tokens; the limit is "
+                           f"{rt.settings.max_prompt_tokens}", param="messages",
+                           code="prompt_too_long")
         budget_header = request.headers.get(policy.config.cascade.latency_budget_header)
         budget = None
         if budget_header is not None:
@@ -153,16 +218,16 @@ def create_app(runtime: Callable[[], Runtime]) -> FastAPI:
                 raise ApiError(400, f"{policy.config.cascade.latency_budget_header} must be a "
                                f"number of milliseconds, got {budget_header!r}") from None
         params = {k: v for k, v in body.items() if k not in _ROUTER_FIELDS}
-        if body.get("stream"):
+        if chat.stream:
             params["stream"] = True
-        return RouteRequest(messages=messages, model=model, tenant=tenant, params=params,
-                            latency_budget_ms=budget)
+        return RouteRequest(messages=chat.messages, model=chat.model, tenant=tenant,
+                            params=params, latency_budget_ms=budget)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         rt, policy, tenant = serving(request)
         body = await body_of(request, rt)
-        route = route_request(body, tenant, request, policy)
+        route = route_request(body, tenant, request, rt, policy)
         try:
             if route.params.get("stream"):
                 decision, chunks = await policy.route_stream(route)
@@ -189,7 +254,7 @@ def create_app(runtime: Callable[[], Runtime]) -> FastAPI:
     @app.post("/v1/route")
     async def route_only(request: Request) -> JSONResponse:
         rt, policy, tenant = serving(request)
-        route = route_request(await body_of(request, rt), tenant, request, policy)
+        route = route_request(await body_of(request, rt), tenant, request, rt, policy)
         try:
             decision = await asyncio.to_thread(policy.decide, route)
         except RequestFormatError as exc:
@@ -211,9 +276,7 @@ def create_app(runtime: Callable[[], Runtime]) -> FastAPI:
         try:
             given = Feedback.model_validate(await body_of(request, rt))
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                 for e in exc.errors())
-            raise ApiError(400, f"bad feedback: {problems}") from None
+            raise ApiError(400, f"bad feedback: {_problems(exc)[0]}") from None
         log = rt.decision_log
         record = log.get(given.request_id) if log is not None else None
         # Another tenant's request looks exactly like an unknown one (no existence oracle).

@@ -35,6 +35,7 @@ from router.errors import RouterError
 from router.policy import RouterPolicy
 from router.scorer import ResponseScorer, load_scorer
 from router.telemetry import DecisionLog, RouterMetrics
+from serving.limits import RateLimiter, SpendTracker
 from serving.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class Runtime:
         self.model_version: str | None = None  # registry version of the serving classifier
         self.config: RouterConfig | None = None
         self.decision_log: DecisionLog | None = None
+        self.spend: SpendTracker | None = None
+        self.rate_limiter: RateLimiter | None = None
         self._dispatcher: Dispatcher | None = None
         self._scorer: ResponseScorer | None = None
         self._caches: list[SemanticCache] = []
@@ -98,6 +101,11 @@ class Runtime:
         self._dispatcher = Dispatcher(self.config,
                                       api_base_override=self.settings.provider_base)
         self.decision_log = DecisionLog(self.config.decision_log.url, metrics=self.metrics)
+        self.spend = SpendTracker(self.settings.tenant_budgets, self.decision_log)
+        self.decision_log.observers.append(self.spend.observe)
+        rate = self.settings.rate_limit_rps
+        self.rate_limiter = (RateLimiter(rate, self.settings.rate_limit_burst
+                                         or max(1, round(2 * rate))) if rate > 0 else None)
         if self.settings.scorer:
             try:
                 self._scorer = load_scorer(self.settings.scorer)

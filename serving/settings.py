@@ -19,6 +19,10 @@ carries, so it serves with no MLflow store.
 - ``ROUTER_RELOAD_INTERVAL_S``: seconds between alias checks, 0 = never (30)
 - ``ROUTER_API_KEYS``: file of ``<sha256 hex of key> <tenant>`` lines (none)
 - ``ROUTER_DEMO_KEY``: one plain key for tenant ``demo`` (none; ``make demo`` sets one)
+- ``ROUTER_RATE_LIMIT_RPS`` / ``ROUTER_RATE_LIMIT_BURST``: requests a second per API key on
+  average, and the burst allowed; more gets 429 (0 = no limit; burst defaults to 2x the rate)
+- ``ROUTER_TENANT_BUDGETS``: monthly USD budgets, ``tenant=usd,tenant=usd``; a tenant whose
+  spend reached its budget gets 403 (none)
 - ``ROUTER_PROVIDER_BASE``: rebase every provider ``api_base`` onto this root, e.g. the
   simulator's ``http://127.0.0.1:8900`` (none: as configured)
 - ``ROUTER_DECISION_LOG_URL``: SQLAlchemy URL, wins over the config's (the config's)
@@ -26,6 +30,8 @@ carries, so it serves with no MLflow store.
 - ``ROUTER_CACHE_URL``: a Chroma server shared by the replicas; switches the cache to the
   ``chroma`` backend (the config's backend)
 - ``ROUTER_MAX_BODY_BYTES``: largest request body accepted, bytes (1048576)
+- ``ROUTER_MAX_PROMPT_TOKENS``: largest prompt accepted, tokens as the simulator counts them
+  (Qwen's BPE + OpenAI's per-message framing); larger gets 413 (32768)
 """
 
 from __future__ import annotations
@@ -63,11 +69,15 @@ class ServiceSettings(BaseModel):
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     reload_interval_s: float = Field(default=30.0, ge=0.0)
     api_keys: dict[str, str] = Field(default_factory=dict)  # sha256(key) -> tenant
+    rate_limit_rps: float = Field(default=0.0, ge=0.0)
+    rate_limit_burst: int | None = Field(default=None, ge=1)
+    tenant_budgets: dict[str, float] = Field(default_factory=dict)
     provider_base: str | None = None
     decision_log_url: str | None = None
     cache_dir: str | None = None
     cache_url: str | None = None
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_prompt_tokens: int = Field(default=32_768, ge=16)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None,
@@ -89,9 +99,12 @@ class ServiceSettings(BaseModel):
                  "ROUTER_SCORER": "scorer", "MLFLOW_TRACKING_URI": "tracking_uri",
                  "ROUTER_RELOAD_INTERVAL_S": "reload_interval_s",
                  "ROUTER_PROVIDER_BASE": "provider_base",
+                 "ROUTER_RATE_LIMIT_RPS": "rate_limit_rps",
+                 "ROUTER_RATE_LIMIT_BURST": "rate_limit_burst",
                  "ROUTER_DECISION_LOG_URL": "decision_log_url",
                  "ROUTER_CACHE_DIR": "cache_dir", "ROUTER_CACHE_URL": "cache_url",
-                 "ROUTER_MAX_BODY_BYTES": "max_body_bytes"}
+                 "ROUTER_MAX_BODY_BYTES": "max_body_bytes",
+                 "ROUTER_MAX_PROMPT_TOKENS": "max_prompt_tokens"}
         for variable, name in names.items():
             if env.get(variable):
                 values[name] = env[variable]
@@ -103,6 +116,17 @@ class ServiceSettings(BaseModel):
         if env.get("ROUTER_DEMO_KEY"):
             keys[hash_key(env["ROUTER_DEMO_KEY"])] = "demo"
         values["api_keys"] = keys
+        if env.get("ROUTER_TENANT_BUDGETS"):
+            budgets = {}
+            for item in env["ROUTER_TENANT_BUDGETS"].split(","):
+                tenant, _, usd = item.strip().partition("=")
+                try:
+                    budgets[tenant.strip()] = float(usd)
+                except ValueError:
+                    raise ConfigError("environment", [(
+                        "ROUTER_TENANT_BUDGETS", f"expected tenant=usd pairs, got {item!r}")]
+                    ) from None
+            values["tenant_budgets"] = budgets
         try:
             return cls.model_validate(values)
         except ValidationError as exc:

@@ -36,15 +36,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from router.config import Deployment, RouterConfig
 from router.errors import RequestFormatError
 from router.normalise import message_text
+from router.tokens import count_prompt_tokens, count_tokens, truncate_to_tokens
 from simulator.catalog import Answer, AnswerCatalog
 from simulator.judge import DEFAULT_INVALID_RATE, is_judge_request, judge_answer
 from simulator.latency import profile_for, simulate_latency
-from simulator.tokens import count_prompt_tokens, count_tokens, truncate_to_tokens
 
 logger = logging.getLogger(__name__)
 
 _FAIL_SPEC = re.compile(
-    r"^(?P<key>[^=]+/[^=]+)=(?:(?P<rate>[0-9.]+)|timeout(?::(?P<trate>[0-9.]+))?)$")
+    r"^(?P<key>[^=]+/[^=]+)=(?:(?P<rate>[0-9.]+)|(?P<kind>timeout|midstream)"
+    r"(?::(?P<trate>[0-9.]+))?)$")
 
 
 class SimulatorError(ValueError):
@@ -53,21 +54,25 @@ class SimulatorError(ValueError):
 
 @dataclass(frozen=True)
 class FailMode:
-    """Inject failures into one deployment: HTTP 500 (``error``) or a hang (``timeout``).
+    """Inject failures into one deployment: HTTP 500 (``error``), a hang (``timeout``), or a
+    stream that breaks after its first content chunks (``midstream``: the connection drops
+    without the stream's end; plain calls answer normally).
 
     ``rate`` is the share of calls that fail, drawn from a seeded generator: 1.0 = hard down.
     """
 
-    kind: Literal["error", "timeout"]
+    kind: Literal["error", "timeout", "midstream"]
     rate: float
 
 
 def parse_fail_spec(spec: str) -> tuple[str, FailMode]:
-    """``provider/model=RATE`` (HTTP 500 at RATE) or ``provider/model=timeout[:RATE]``."""
+    """``provider/model=RATE`` (HTTP 500 at RATE), ``provider/model=timeout[:RATE]`` or
+    ``provider/model=midstream[:RATE]``."""
     match = _FAIL_SPEC.match(spec.strip())
     if not match:
         raise SimulatorError(f"--fail {spec!r}: expected PROVIDER/MODEL=RATE or "
-                             "PROVIDER/MODEL=timeout[:RATE], e.g. openai/gpt-4-1106-preview=1.0")
+                             "PROVIDER/MODEL=timeout|midstream[:RATE], e.g. "
+                             "openai/gpt-4-1106-preview=1.0")
     rate_text = match["rate"] if match["rate"] is not None else (match["trate"] or "1.0")
     try:
         rate = float(rate_text)
@@ -75,7 +80,7 @@ def parse_fail_spec(spec: str) -> tuple[str, FailMode]:
         raise SimulatorError(f"--fail {spec!r}: rate {rate_text!r} is not a number") from None
     if not 0.0 <= rate <= 1.0:
         raise SimulatorError(f"--fail {spec!r}: rate must be between 0 and 1")
-    return match["key"], FailMode("error" if match["rate"] is not None else "timeout", rate)
+    return match["key"], FailMode("error" if match["rate"] is not None else match["kind"], rate)
 
 
 class _ChatBody(BaseModel):
@@ -227,9 +232,10 @@ def create_app(sim: Simulator) -> FastAPI:
         if failure is not None and failure.kind == "timeout":
             await asyncio.sleep(sim.hang_s)
             return _error(504, "Simulated provider timeout", "server_error", "timeout")
-        if failure is not None:
+        if failure is not None and failure.kind == "error":
             return _error(500, f"Simulated provider failure at {deployment.key}",
                           "server_error", "simulated_failure")
+        break_after = 2 if failure is not None and failure.kind == "midstream" else None
 
         if is_judge_request(body.messages):  # the labelling judge's stand-in (judge.py)
             answer = judge_answer(sim.catalog, body.messages, seed=sim.seed,
@@ -261,7 +267,7 @@ def create_app(sim: Simulator) -> FastAPI:
             return StreamingResponse(
                 _stream(sim, completion_id, created, body.model, text, body.n, finish_reason,
                         usage if include_usage else None, latency.ttft_ms,
-                        profile_for(deployment.served_model).ms_per_token),
+                        profile_for(deployment.served_model).ms_per_token, break_after),
                 media_type="text/event-stream", headers=headers)
         await asyncio.sleep(latency.total_ms * sim.latency_scale / 1000)
         return JSONResponse(headers=headers, content={
@@ -301,8 +307,10 @@ def create_app(sim: Simulator) -> FastAPI:
 
 async def _stream(sim: Simulator, completion_id: str, created: int, model: str, text: str,
                   n: int, finish_reason: str, usage: dict[str, int] | None, ttft_ms: float,
-                  ms_per_token: float) -> AsyncIterator[str]:
-    """SSE chunks of ``chat.completion.chunk``: role, content pieces, finish, [usage], [DONE]."""
+                  ms_per_token: float, break_after: int | None = None) -> AsyncIterator[str]:
+    """SSE chunks of ``chat.completion.chunk``: role, content pieces, finish, [usage], [DONE].
+    ``break_after``: drop the connection after that many content chunks (a provider failing
+    mid-stream)."""
     scale = sim.latency_scale / 1000
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> str:
@@ -313,7 +321,9 @@ async def _stream(sim: Simulator, completion_id: str, created: int, model: str, 
     await asyncio.sleep(ttft_ms * scale)
     yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                   "finish_reason": None, "logprobs": None} for i in range(n)])
-    for piece in re.findall(r"\s*\S+\s*", text) or [text]:
+    for sent, piece in enumerate(re.findall(r"\s*\S+\s*", text) or [text]):
+        if break_after is not None and sent >= break_after:
+            raise ConnectionAbortedError("simulated provider failure mid-stream")
         await asyncio.sleep(count_tokens(piece) * ms_per_token * scale)
         yield chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None,
                       "logprobs": None} for i in range(n)])

@@ -214,7 +214,7 @@ def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForSequenceClassification
 
-    from simulator.tokens import tokenizer_path
+    from router.tokens import tokenizer_path
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path().parent))

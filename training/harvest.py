@@ -37,18 +37,12 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from router.errors import RequestFormatError
 from router.normalise import normalise
+from router.pii import PII_KINDS, scrub_pii
 from router.telemetry import DecisionLog, DecisionRecord, decisions, hash_text
 from router.tiers import TIERS
 from training.params import HarvestParams, ParamsError, load_params
 from training.paths import HARVEST_QUARANTINE, HARVEST_ROWS, metrics_file
-from training.textops import (
-    DOMAINS,
-    PII_KINDS,
-    SUBJECT_DOMAINS,
-    minhash_signatures,
-    scrub_pii,
-    similar_pairs,
-)
+from training.textops import DOMAINS, SUBJECT_DOMAINS, minhash_signatures, similar_pairs
 from workloads import Outcome, Workload, WorkloadFormatError, WorkloadRecord, load_workload
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from router.errors import RequestFormatError
 from router.normalise import TRUNCATION_MARK, encode_for_classifier, normalise
-from simulator.tokens import tokenizer_path
+from router.tokens import tokenizer_path
 from workloads import BUILTIN, load_workload
 
 logger = logging.getLogger(__name__)

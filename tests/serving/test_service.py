@@ -16,7 +16,7 @@ import pytest
 from router.telemetry import DecisionLog
 from serving.settings import hash_key
 from tests import openai_spec
-from tests.conftest import ServiceProcess, SimulatorProcess
+from tests.conftest import REPO, ServiceProcess, SimulatorProcess
 
 KEY_A, KEY_B = "sk-test-tenant-a-0123456789", "sk-test-tenant-b-9876543210"
 MODEL = "tier-classifier"
@@ -259,3 +259,159 @@ def test_moving_the_champion_alias_switches_models_without_a_restart(
     finally:
         client.set_registered_model_alias(MODEL, "champion", "1")
     assert service.proc.pid == pid and service.proc.poll() is None  # same process throughout
+
+
+# -- bad input, limits, faults, secrets ---------------------------------------------------------
+
+PLANTED_EMAIL = "jane.roe.planted@example.org"
+PLANTED_CARD = "4111 1111 1111 1111"
+
+
+def test_bad_input_gets_a_4xx_that_says_what_is_wrong(service: ServiceProcess) -> None:
+    ask = _ask("hi")
+    cases = {
+        "unknown message role": ({"model": "auto", "messages": [{"role": "wizard",
+                                                                "content": "hi"}]}, 400),
+        "content must be a string": ({"model": "auto", "messages": [{"role": "user",
+                                                                     "content": 5}]}, 400),
+        "stream: Input should be a valid boolean": ({**ask, "stream": "yes"}, 400),
+        "temperature: Input should be less than or equal to 2": ({**ask, "temperature": 7},
+                                                                 400),
+        "tools: Input should be a valid list": ({**ask, "tools": "x"}, 400),
+        "stream_options: Input should be a valid dictionary": (
+            {**ask, "stream": True, "stream_options": 5}, 400),
+        "prompt has": ({"model": "auto", "messages": [{"role": "user",
+                                                       "content": "word " * 40_000}]}, 413),
+    }
+    for expected, (body, status) in cases.items():
+        response = _post(service, KEY_A, body)
+        assert response.status_code == status, (expected, response.text)
+        assert expected in response.json()["error"]["message"], response.text
+    raw = httpx.post(f"{service.root}/v1/chat/completions", timeout=30,
+                     headers={"Authorization": f"Bearer {KEY_A}"},
+                     content=b'{"model":"auto","messages":[{"role":"user","content":"\xff"}]}')
+    assert raw.status_code == 400 and "not valid JSON" in raw.json()["error"]["message"]
+    huge = httpx.post(f"{service.root}/v1/chat/completions", timeout=30,
+                      headers={"Authorization": f"Bearer {KEY_A}"}, content=b"x" * (2 << 20))
+    assert huge.status_code == 413
+
+
+def test_fuzzed_requests_never_get_a_500(service: ServiceProcess, tmp_path: Path) -> None:
+    """Schema-shaped random bodies (hypothesis): right and wrong types for every standard
+    field, odd roles and contents. Any answer but a 5xx is fine; the case count is written to
+    ``var/fuzz-report.json`` and must reach the target."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6),
+                       st.floats(allow_nan=False, allow_infinity=False, width=32),
+                       st.text(max_size=40))
+    content = st.one_of(scalar, st.lists(st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "image_url", "bogus"]), "text": scalar}), max_size=3))
+    message = st.fixed_dictionaries({"role": st.sampled_from(
+        ["user", "system", "assistant", "tool", "wizard", ""]), "content": content})
+    body = st.fixed_dictionaries(
+        {"messages": st.one_of(st.lists(message, max_size=4), scalar)},
+        optional={"model": st.one_of(st.sampled_from(["auto", "simple", "nope"]), scalar),
+                  "stream": scalar, "temperature": scalar, "max_tokens": scalar, "n": scalar,
+                  "stop": scalar, "tools": scalar, "stream_options": scalar,
+                  "response_format": scalar, "metadata": scalar})
+    seen: list[int] = []
+
+    @settings(max_examples=150, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(body)
+    def run(payload: dict) -> None:
+        response = _post(service, KEY_B, payload)
+        seen.append(response.status_code)
+        assert response.status_code < 500, (payload, response.text)
+
+    run()
+    report = Path("var/fuzz-report.json")
+    report.parent.mkdir(exist_ok=True)
+    report.write_text(json.dumps({"cases": len(seen), "by_status": {
+        str(s): seen.count(s) for s in sorted(set(seen))}}))
+    assert len(seen) >= 150
+
+
+def _written(service: ServiceProcess, request_id: str):
+    """The service's decision record of a request, once its writer thread has stored it."""
+    with DecisionLog(service.decisions_url) as log:  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while (record := log.get(request_id)) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return record
+
+
+@pytest.fixture
+def failures(simulator: SimulatorProcess) -> Iterator:
+    def set_plan(*specs: str) -> None:
+        httpx.put(f"{simulator.root}/sim/failures", json={"specs": list(specs)}).raise_for_status()
+    yield set_plan
+    set_plan()
+
+
+def test_a_stream_broken_mid_way_ends_with_an_error_event_and_is_logged(
+        service: ServiceProcess, failures) -> None:
+    failures("together/mistralai/mixtral-8x7b-chat=midstream",
+             "fireworks/mistralai/mixtral-8x7b-chat=midstream")
+    with httpx.stream("POST", f"{service.root}/v1/chat/completions", timeout=60,
+                      headers={"Authorization": f"Bearer {KEY_B}"},
+                      json={**_ask("Break this stream please", model="simple"),
+                            "stream": True}) as response:
+        assert response.status_code == 200  # the status line went out with the first chunk
+        request_id = response.headers["x-router-request-id"]
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] != "[DONE]"
+    error = json.loads(events[-1])["error"]
+    assert error["code"] == "stream_broken" and "broke after it began" in error["message"]
+    assert any(json.loads(e).get("choices") for e in events[:-1])  # part of the answer came
+    record = _written(service, request_id)
+    assert record is not None and record.status == "error"
+    assert "broke after it began" in record.error
+
+
+def test_logged_prompts_are_scrubbed_and_no_secret_reaches_a_log(
+        service: ServiceProcess) -> None:
+    text = f"My email is {PLANTED_EMAIL} and my card {PLANTED_CARD}; why was I charged twice?"
+    request_id = _post(service, KEY_A, _ask(text)).headers["x-router-request-id"]
+    record = _written(service, request_id)
+    with DecisionLog(service.decisions_url) as log:  # type: ignore[attr-defined]
+        rows = log.read()
+    assert record is not None and "[EMAIL]" in record.text and "[CARD]" in record.text
+    from router.config import load_config
+
+    provider_keys = {d.litellm_params.api_key for d in load_config(
+        REPO / "configs" / "router.yaml").model_list if d.litellm_params.api_key}
+    planted = {PLANTED_EMAIL, PLANTED_CARD, KEY_A, KEY_B, *provider_keys}
+    dumped = "\n".join(json.dumps(r.to_row(), default=str) for r in rows)
+    logged = service.log_path.read_text(errors="replace")
+    for secret in planted:
+        assert secret not in dumped, f"{secret!r} in a decision row"
+        assert secret not in logged, f"{secret!r} in the service log"
+
+
+@pytest.fixture(scope="module")
+def limited_service(registry: Registry, simulator: SimulatorProcess
+                    ) -> Iterator[ServiceProcess]:
+    """Rate limited (1 request/s per key, bursts of 3); tenant-b's monthly budget is tiny."""
+    process = _start(registry, simulator, "limited", ROUTER_RATE_LIMIT_RPS="1",
+                     ROUTER_RATE_LIMIT_BURST="3", ROUTER_TENANT_BUDGETS="tenant-b=0.00001")
+    yield process
+    process.stop()
+
+
+def test_401_403_429_are_distinct(limited_service: ServiceProcess) -> None:
+    assert _post(limited_service, "sk-nobody", _ask("hi")).status_code == 401
+    codes = [_post(limited_service, KEY_A, _ask(f"burst {i}")).status_code for i in range(5)]
+    assert codes[:3] == [200, 200, 200] and 429 in codes[3:]
+    limited = _post(limited_service, KEY_A, _ask("again"))
+    if limited.status_code == 429:
+        assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+        assert int(limited.headers["retry-after"]) >= 1
+    # tenant-b: the first answer spends more than its whole budget; then 403, clearly.
+    assert _post(limited_service, KEY_B, _ask("spend it")).status_code == 200
+    refused = _post(limited_service, KEY_B, _ask("one more"))
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "budget_exhausted"
+    assert "budget" in refused.json()["error"]["message"]

