@@ -326,6 +326,82 @@ def overhead(
                            for tokens, row in report["by_tokens"].items()}, indent=1))
 
 
+@app.command()
+def load(
+    out: Annotated[Path, typer.Option(help="JSON report to write")],
+    config: Annotated[Path, typer.Option(help="router YAML")] = Path("configs/router.yaml"),
+    clients: Annotated[int, typer.Option(min=1, help="concurrent clients")] = 50,
+    duration: Annotated[float, typer.Option(min=1.0, help="seconds per run")] = 60.0,
+    failing: Annotated[str, typer.Option(help="deployment down in the second runs")]
+        = "together/mistralai/mixtral-8x7b-chat",
+    proxy: Annotated[bool, typer.Option(help="also run LiteLLM's proxy (own environment)")]
+        = True,
+) -> None:
+    """The service under load beside LiteLLM's proxy and the simulator called directly, healthy
+    and with one provider down: errors, throughput, p50/p99, router overhead, decision rows."""
+    import json
+
+    from bench.load import measure
+    from serving.venvs import VenvError
+    from workloads import WorkloadFormatError, load_workload
+
+    try:
+        prompts = [r.turns[-1] for name in ("mmlu", "routerbench")
+                   for r in load_workload(name).records][:4000]
+        report = measure(router_config=config, clients=clients, duration_s=duration,
+                         prompts=prompts, failing=failing, with_proxy=proxy)
+    except (WorkloadFormatError, VenvError, RuntimeError) as exc:
+        raise _fail(str(exc)) from None
+    _write_report(report, out)
+    typer.echo(json.dumps({name: {k: round(v, 2) if isinstance(v, float) else v
+                                  for k, v in run.items() if k != "statuses"}
+                           for name, run in report["runs"].items()}, indent=1))
+    if "comparison" in report:
+        typer.echo(json.dumps(report["comparison"], indent=1))
+
+
+@app.command()
+def injection(
+    out: Annotated[Path, typer.Option(help="JSON report to write")],
+    config: Annotated[Path, typer.Option(help="router YAML")] = Path("configs/router.yaml"),
+    classifier: Annotated[str, typer.Option(help="tier classifier spec")]
+        = "models:/tier-classifier@champion",
+    tracking_uri: Annotated[str, typer.Option(help="MLflow store for models:/ specs")]
+        = "sqlite:///mlruns/mlflow.db",
+    limit: Annotated[int, typer.Option(min=1, help="test prompts (RouterBench + MMLU)")] = 500,
+    data_dir: Annotated[Path | None, typer.Option(help="folder of built-in workloads")] = None,
+) -> None:
+    """Prompt injection at the classifier: how often attacks appended or prepended to real
+    prompts move the tier the gate names (up = towards the frontier, down = cheaper)."""
+    import json
+    import random
+
+    from bench.injection import measure_injection
+    from router.classifier import ClassifierError, load_classifier
+    from router.gate import resolve_thresholds
+    from workloads import WorkloadFormatError, load_workload
+
+    try:
+        router_config = load_config(config)
+        if classifier.startswith("models:"):
+            import mlflow
+
+            mlflow.set_tracking_uri(tracking_uri)
+        tier_classifier = load_classifier(classifier)
+        prompts = [r.turns[-1] for name in ("routerbench", "mmlu")
+                   for r in load_workload(name, data_dir).records]
+    except (ConfigError, ClassifierError, WorkloadFormatError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    prompts = random.Random(0).sample(prompts, min(limit, len(prompts)))
+    thresholds = resolve_thresholds(router_config.gate, tier_classifier.meta.thresholds,
+                                    tier_classifier.meta.version)
+    report = measure_injection(tier_classifier, thresholds, prompts)
+    report["classifier"] = tier_classifier.meta.version
+    _write_report(report, out)
+    typer.echo(json.dumps({name: {k: round(v, 3) for k, v in row.items() if k != "direction"}
+                           for name, row in report["attacks"].items()}, indent=1))
+
+
 @app.command("bench-docs")
 def bench_docs(
     results: Annotated[Path, typer.Argument(help="folder of the bench JSON reports")],

@@ -248,8 +248,12 @@ def create_app(runtime: Callable[[], Runtime]) -> FastAPI:
                              "final_model": result.dispatch.deployment,
                              "cost_usd": result.dispatch.cost_usd,
                              "model_version": rt.model_version}
-        return JSONResponse(payload, headers=decision_headers(result.decision,
-                                                              rt.model_version))
+        headers = decision_headers(result.decision, rt.model_version)
+        latency = result.record.latency_ms
+        # The router's own time: everything but the provider call(s).
+        headers["x-router-overhead-ms"] = (
+            f"{latency.get('total', 0.0) - latency.get('dispatch', 0.0):.3f}")
+        return JSONResponse(payload, headers=headers)
 
     @app.post("/v1/route")
     async def route_only(request: Request) -> JSONResponse:

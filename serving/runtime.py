@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.batching import BatchingClassifier
 from router.breaker import CircuitBreakerClassifier
 from router.cache import (
     CacheError,
@@ -169,7 +170,10 @@ class Runtime:
         s = self.settings
         try:
             if not spec.startswith("vllm:"):
-                return load_classifier(spec)
+                classifier = load_classifier(spec)
+                if s.batch_max > 1 and hasattr(classifier, "predict_with_embeddings"):
+                    return BatchingClassifier(classifier, max_batch=s.batch_max)
+                return classifier
             from router.vllm_classifier import from_spec
 
             return CircuitBreakerClassifier(
@@ -183,9 +187,13 @@ class Runtime:
         assert self.config is not None and self._dispatcher is not None
         classifier = self._load(spec)
         cache, encoder = self._cache_for(classifier)
+        previous_policy = self.policy
         self.policy = RouterPolicy(self.config, classifier, self._dispatcher,
                                    decision_log=self.decision_log, scorer=self._scorer,
                                    cache=cache, encoder=encoder)
+        if previous_policy is not None and hasattr(previous_policy.classifier, "close"):
+            # Requests still on the old policy finish unbatched; its model is freed after.
+            previous_policy.classifier.close()
         previous, self.model_version = self.model_version, version
         logger.info("serving tier classifier %s (%s)%s", classifier.meta.version, spec,
                     f", replacing version {previous}" if previous else "")

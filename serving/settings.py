@@ -14,6 +14,8 @@ carries, so it serves with no MLflow store.
 - ``ROUTER_CLASSIFIER_TIMEOUT_S``: a remote classifier call slower than this fails (1.0)
 - ``ROUTER_BREAKER_FAILURES``: failures in a row that open the circuit (3)
 - ``ROUTER_BREAKER_RESET_S``: seconds the circuit stays open before one trial call (10)
+- ``ROUTER_BATCH_MAX``: most texts in one classifier pass when concurrent requests are batched
+  together (router/batching.py; 1 = every request alone) (32)
 - ``ROUTER_SCORER``: response scorer spec, or ``none`` (``models:/response-scorer@champion``)
 - ``MLFLOW_TRACKING_URI``: MLflow store for ``models:/`` specs (``sqlite:///mlruns/mlflow.db``)
 - ``ROUTER_RELOAD_INTERVAL_S``: seconds between alias checks, 0 = never (30)
@@ -62,6 +64,7 @@ class ServiceSettings(BaseModel):
     config: Path = Path("configs/router.yaml")
     classifier: str = "models:/tier-classifier@champion"
     classifier_fallback: str = "fixed:critical"
+    batch_max: int = Field(default=32, ge=1, le=1024)
     classifier_timeout_s: float = Field(default=1.0, gt=0.0)
     breaker_failures: int = Field(default=3, ge=1)
     breaker_reset_s: float = Field(default=10.0, gt=0.0)
@@ -93,6 +96,7 @@ class ServiceSettings(BaseModel):
                                 else None)
         names = {"ROUTER_CONFIG": "config", "ROUTER_CLASSIFIER": "classifier",
                  "ROUTER_CLASSIFIER_FALLBACK": "classifier_fallback",
+                 "ROUTER_BATCH_MAX": "batch_max",
                  "ROUTER_CLASSIFIER_TIMEOUT_S": "classifier_timeout_s",
                  "ROUTER_BREAKER_FAILURES": "breaker_failures",
                  "ROUTER_BREAKER_RESET_S": "breaker_reset_s",

@@ -86,7 +86,12 @@ def vllm_env() -> Path:
                        uninstall=("torchvision", "torchaudio", "torchcodec"))
 
 
-ENVS = {"chroma": chroma_env, "vllm": vllm_env}
+def litellm_proxy_env() -> Path:
+    """LiteLLM's own proxy (``bin/litellm``), the gateway the load comparison runs against."""
+    return ensure_venv(HERE / "litellm_proxy" / "requirements.txt")
+
+
+ENVS = {"chroma": chroma_env, "vllm": vllm_env, "litellm_proxy": litellm_proxy_env}
 
 
 def main() -> None:

@@ -1,0 +1,258 @@
+"""Load: the router service under concurrent clients, beside LiteLLM's own proxy and the provider
+simulator called directly, all on 127.0.0.1 (``tier-router load``).
+
+Every target gets the same closed loop: ``clients`` concurrent clients, each sending its next
+request as soon as the last one answered, for ``duration_s``. Prompts are distinct (real
+workload questions, numbered), so the router's cache does not answer them. Reported per run:
+requests, errors (non-200 or no answer), throughput, end-to-end p50/p99 and, for the router,
+its own overhead (``x-router-overhead-ms``: everything but the provider call) and the decision
+rows written. Added latency = a target's p50 minus the simulator's own p50 at the same load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+LOAD_KEY = "sk-load-test"
+
+
+@dataclass
+class Target:
+    name: str
+    url: str  # .../v1
+    model: str
+    key: str = LOAD_KEY
+
+
+@dataclass
+class LoadRun:
+    target: str
+    clients: int
+    duration_s: float
+    latencies_ms: list[float] = field(default_factory=list)
+    overhead_ms: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+    request_ids: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
+        out: dict[str, Any] = {
+            "requests": len(self.latencies_ms) + self.errors, "errors": self.errors,
+            "statuses": self.statuses, "throughput_rps": len(self.latencies_ms) / self.duration_s,
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+        if self.overhead_ms:
+            overhead = np.array(self.overhead_ms)
+            out.update(overhead_p50_ms=float(np.percentile(overhead, 50)),
+                       overhead_p99_ms=float(np.percentile(overhead, 99)))
+        return out
+
+
+async def run_load(target: Target, prompts: Sequence[str], *, clients: int,
+                   duration_s: float, max_tokens: int = 64) -> LoadRun:
+    """The closed loop against one target; never raises for a failed request (it counts)."""
+    run = LoadRun(target.name, clients, duration_s)
+    counter = iter(range(10**9))
+    deadline = time.monotonic() + duration_s
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers={
+            "Authorization": f"Bearer {target.key}"}) as client:
+
+        async def one_client() -> None:
+            while time.monotonic() < deadline:
+                i = next(counter)
+                body = {"model": target.model, "max_tokens": max_tokens, "messages": [
+                    {"role": "user", "content": f"({i}) {prompts[i % len(prompts)]}"}]}
+                started = time.perf_counter()
+                try:
+                    response = await client.post(f"{target.url}/chat/completions", json=body)
+                except httpx.HTTPError:
+                    run.errors += 1
+                    run.statuses["no_answer"] = run.statuses.get("no_answer", 0) + 1
+                    continue
+                elapsed = (time.perf_counter() - started) * 1000
+                code = str(response.status_code)
+                run.statuses[code] = run.statuses.get(code, 0) + 1
+                if response.status_code != 200:
+                    run.errors += 1
+                    continue
+                run.latencies_ms.append(elapsed)
+                if "x-router-overhead-ms" in response.headers:
+                    run.overhead_ms.append(float(response.headers["x-router-overhead-ms"]))
+                    run.request_ids.append(response.headers["x-router-request-id"])
+
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+    return run
+
+
+class Process:
+    """A server subprocess on 127.0.0.1, ready once ``ready_url`` answers 200."""
+
+    def __init__(self, name: str, command: list[str], ready_url: str, log: Path,
+                 env: dict[str, str] | None = None, timeout_s: float = 240) -> None:
+        self.name, self.log = name, log
+        self._log = log.open("w")
+        self.proc = subprocess.Popen(command, env={**os.environ, **(env or {})},
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited {self.proc.returncode}: "
+                                   f"{log.read_text(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"{name} not ready within {timeout_s:.0f} s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._log.close()
+
+
+def proxy_config(router_config: Path, simulator_root: str, out: Path) -> Path:
+    """LiteLLM proxy config: the router config's own ``model_list`` (LiteLLM's format), pointed
+    at the simulator, with the same retries and cooldowns."""
+    import yaml
+
+    from router.config import load_config
+    from router.dispatch import rebase_api_base
+
+    config = load_config(router_config)
+    model_list = config.litellm_model_list()
+    for entry in model_list:
+        params = entry["litellm_params"]
+        if params.get("api_base"):
+            params["api_base"] = rebase_api_base(params["api_base"], simulator_root)
+    settings = config.router_settings
+    out.write_text(yaml.safe_dump({
+        "model_list": model_list,
+        "router_settings": {"num_retries": settings.num_retries, "timeout": settings.timeout,
+                            "allowed_fails": settings.allowed_fails,
+                            "cooldown_time": settings.cooldown_time},
+        "general_settings": {"master_key": LOAD_KEY}}))
+    return out
+
+
+def measure(*, router_config: Path, clients: int, duration_s: float, prompts: Sequence[str],
+            failing: str, with_proxy: bool = True) -> dict[str, Any]:
+    """Start the simulator, the router service and (optionally) LiteLLM's proxy; run each target
+    healthy and with ``failing`` (a deployment key) down; return the report."""
+    from serving.venvs import litellm_proxy_env
+
+    bin_dir = Path(sys.executable).parent
+    scratch = Path(tempfile.mkdtemp(prefix="tier-router-load-"))
+    sim_port, router_port, proxy_port = _free_port(), _free_port(), _free_port()
+    sim_root = f"http://127.0.0.1:{sim_port}"
+    decisions = f"sqlite:///{scratch / 'decisions.sqlite'}"
+    processes: list[Process] = []
+    report: dict[str, Any] = {"clients": clients, "duration_s": duration_s,
+                              "failing_deployment": failing, "runs": {}}
+    try:
+        processes.append(Process("simulator", [
+            str(bin_dir / "tier-router"), "simulate", "--config", str(router_config), "--port",
+            str(sim_port), "--latency-scale", "0"], f"{sim_root}/healthz",
+            scratch / "simulator.log"))
+        processes.append(Process("router", [
+            str(bin_dir / "bentoml"), "serve", "serving.service:TierRouter", "--host",
+            "127.0.0.1", "--port", str(router_port)], f"http://127.0.0.1:{router_port}/readyz",
+            scratch / "router.log", env={
+                "ROUTER_DEMO_KEY": LOAD_KEY, "ROUTER_PROVIDER_BASE": sim_root,
+                "ROUTER_DECISION_LOG_URL": decisions, "ROUTER_CACHE_DIR": str(scratch / "cache"),
+                "ROUTER_CONFIG": str(router_config)}))
+        targets = [Target("direct", f"{sim_root}/p/together/v1",
+                          "mistralai/mixtral-8x7b-chat"),
+                   Target("router", f"http://127.0.0.1:{router_port}/v1", "auto")]
+        if with_proxy:
+            env = litellm_proxy_env()
+            processes.append(Process("litellm-proxy", [
+                str(env / "bin" / "litellm"), "--config",
+                str(proxy_config(router_config, sim_root, scratch / "proxy.yaml")), "--host",
+                "127.0.0.1", "--port", str(proxy_port)],
+                f"http://127.0.0.1:{proxy_port}/health/liveliness", scratch / "proxy.log",
+                env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"}))
+            targets.append(Target("litellm_proxy", f"http://127.0.0.1:{proxy_port}/v1",
+                                  "simple"))
+        for failing_now in (None, failing):
+            httpx.put(f"{sim_root}/sim/failures",
+                      json={"specs": [f"{failing_now}=1.0"] if failing_now else []}
+                      ).raise_for_status()
+            for target in targets:
+                if failing_now and target.name == "direct":
+                    continue  # the direct client has no fallback: nothing to compare
+                name = target.name + ("_one_provider_down" if failing_now else "")
+                logger.info("load: %s, %d clients, %.0f s", name, clients, duration_s)
+                run = asyncio.run(run_load(target, prompts, clients=clients,
+                                           duration_s=duration_s))
+                summary = run.summary()
+                if run.request_ids:
+                    summary["decision_rows"] = _rows_for(decisions, run.request_ids)
+                report["runs"][name] = summary
+                logger.info("load: %s -> %s", name, summary)
+        runs = report["runs"]
+        if "litellm_proxy" in runs:
+            base = runs["direct"]["p50_ms"]
+            added_router = runs["router"]["p50_ms"] - base
+            added_proxy = runs["litellm_proxy"]["p50_ms"] - base
+            report["comparison"] = {
+                "router_added_p50_ms": added_router, "proxy_added_p50_ms": added_proxy,
+                "added_p50_ratio": added_router / added_proxy if added_proxy > 0 else None,
+                "throughput_ratio": (runs["router"]["throughput_rps"]
+                                     / runs["litellm_proxy"]["throughput_rps"])}
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return report
+
+
+def _rows_for(url: str, request_ids: list[str]) -> int:
+    """Decision rows written for these requests (waits for the service's writer to catch up)."""
+    from sqlalchemy import create_engine, select
+
+    from router.telemetry import decisions
+
+    engine = create_engine(url)
+    wanted = set(request_ids)
+    found = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            found = len(wanted & {row[0] for row in conn.execute(
+                select(decisions.c.request_id))})
+        if found == len(wanted):
+            break
+        time.sleep(0.5)
+    engine.dispose()
+    return found
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
