@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +24,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from serving.processes import ServerProcess, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -101,38 +101,6 @@ async def run_load(target: Target, prompts: Sequence[str], *, clients: int,
     return run
 
 
-class Process:
-    """A server subprocess on 127.0.0.1, ready once ``ready_url`` answers 200."""
-
-    def __init__(self, name: str, command: list[str], ready_url: str, log: Path,
-                 env: dict[str, str] | None = None, timeout_s: float = 240) -> None:
-        self.name, self.log = name, log
-        self._log = log.open("w")
-        self.proc = subprocess.Popen(command, env={**os.environ, **(env or {})},
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited {self.proc.returncode}: "
-                                   f"{log.read_text(errors='replace')[-2000:]}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"{name} not ready within {timeout_s:.0f} s")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
-
-
 def proxy_config(router_config: Path, simulator_root: str, out: Path) -> Path:
     """LiteLLM proxy config: the router config's own ``model_list`` (LiteLLM's format), pointed
     at the simulator, with the same retries and cooldowns."""
@@ -165,21 +133,21 @@ def measure(*, router_config: Path, clients: int, duration_s: float, prompts: Se
 
     bin_dir = Path(sys.executable).parent
     scratch = Path(tempfile.mkdtemp(prefix="tier-router-load-"))
-    sim_port, router_port, proxy_port = _free_port(), _free_port(), _free_port()
+    sim_port, router_port, proxy_port = free_port(), free_port(), free_port()
     sim_root = f"http://127.0.0.1:{sim_port}"
     decisions = f"sqlite:///{scratch / 'decisions.sqlite'}"
-    processes: list[Process] = []
+    processes: list[ServerProcess] = []
     report: dict[str, Any] = {"clients": clients, "duration_s": duration_s,
                               "failing_deployment": failing, "runs": {}}
     try:
-        processes.append(Process("simulator", [
+        processes.append(ServerProcess("simulator", [
             str(bin_dir / "tier-router"), "simulate", "--config", str(router_config), "--port",
             str(sim_port), "--latency-scale", "0"], f"{sim_root}/healthz",
             scratch / "simulator.log"))
-        processes.append(Process("router", [
+        processes.append(ServerProcess("router", [
             str(bin_dir / "bentoml"), "serve", "serving.service:TierRouter", "--host",
             "127.0.0.1", "--port", str(router_port)], f"http://127.0.0.1:{router_port}/readyz",
-            scratch / "router.log", env={
+            scratch / "router.log", fail_marker="Application startup failed", env={
                 "ROUTER_DEMO_KEY": LOAD_KEY, "ROUTER_PROVIDER_BASE": sim_root,
                 "ROUTER_DECISION_LOG_URL": decisions, "ROUTER_CACHE_DIR": str(scratch / "cache"),
                 "ROUTER_CONFIG": str(router_config)}))
@@ -188,7 +156,7 @@ def measure(*, router_config: Path, clients: int, duration_s: float, prompts: Se
                    Target("router", f"http://127.0.0.1:{router_port}/v1", "auto")]
         if with_proxy:
             env = litellm_proxy_env()
-            processes.append(Process("litellm-proxy", [
+            processes.append(ServerProcess("litellm-proxy", [
                 str(env / "bin" / "litellm"), "--config",
                 str(proxy_config(router_config, sim_root, scratch / "proxy.yaml")), "--host",
                 "127.0.0.1", "--port", str(proxy_port)],
@@ -248,11 +216,3 @@ def _rows_for(url: str, request_ids: list[str]) -> int:
         time.sleep(0.5)
     engine.dispose()
     return found
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

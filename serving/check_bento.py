@@ -6,42 +6,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
+from serving.processes import ServerProcess, free_port
+
 logger = logging.getLogger(__name__)
 KEY = "sk-bento-check"
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 180,
-          log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}")
-        if log is not None and "Application startup failed" in log.read_text(errors="replace"):
-            raise RuntimeError(f"{what}: the service failed to start")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{what} not up within {timeout_s:.0f} s")
 
 
 def main() -> None:
@@ -50,24 +25,25 @@ def main() -> None:
     parser.add_argument("bento", nargs="?", default="tier-router:latest")
     args = parser.parse_args()
     bin_dir = Path(sys.executable).parent
-    sim_port, port = _port(), _port()
+    sim_port, port = free_port(), free_port()
     scratch = Path(tempfile.mkdtemp(prefix="bento-check-"))
-    env = {**os.environ, "ROUTER_DEMO_KEY": KEY,
+    env = {"ROUTER_DEMO_KEY": KEY,
            "ROUTER_PROVIDER_BASE": f"http://127.0.0.1:{sim_port}",
            "ROUTER_DECISION_LOG_URL": f"sqlite:///{scratch / 'decisions.sqlite'}",
            "ROUTER_CACHE_DIR": str(scratch / "cache")}
-    sim = subprocess.Popen([str(bin_dir / "tier-router"), "simulate", "--config",
-                            "configs/router.yaml", "--port", str(sim_port), "--latency-scale",
-                            "0"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    log = (scratch / "bento.log").open("w")
-    bento = subprocess.Popen([str(bin_dir / "bentoml"), "serve", args.bento, "--host",
-                              "127.0.0.1", "--port", str(port)], env=env, stdout=log,
-                             stderr=subprocess.STDOUT, cwd=scratch)
+    processes: list[ServerProcess] = []
     try:
-        _wait(f"http://127.0.0.1:{sim_port}/healthz", sim, "simulator")
-        for probe in ("healthz", "readyz"):
-            _wait(f"http://127.0.0.1:{port}/{probe}", bento, f"bentoml serve {args.bento}",
-                  log=scratch / "bento.log")
+        processes.append(ServerProcess(
+            "simulator", [str(bin_dir / "tier-router"), "simulate", "--config",
+                          "configs/router.yaml", "--port", str(sim_port), "--latency-scale", "0"],
+            f"http://127.0.0.1:{sim_port}/healthz", scratch / "simulator.log"))
+        processes.append(ServerProcess(
+            f"bentoml serve {args.bento}", [str(bin_dir / "bentoml"), "serve", args.bento,
+                                            "--host", "127.0.0.1", "--port", str(port)],
+            f"http://127.0.0.1:{port}/readyz", scratch / "bento.log", env=env, cwd=scratch,
+            timeout_s=180, fail_marker="Application startup failed"))
+        if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code != 200:
+            raise RuntimeError("/healthz did not answer 200")
         from openai import OpenAI
 
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0)
@@ -77,15 +53,12 @@ def main() -> None:
         logger.info("bento %s: /healthz 200; chat completion from %s (tier %s, classifier %s)",
                     args.bento, routed["final_model"], routed["final_tier"],
                     routed["threshold_source"])
-    except Exception as exc:
-        logger.error("bento check failed: %s\n%s", exc,
-                     (scratch / "bento.log").read_text(errors="replace")[-3000:])
+    except Exception as exc:  # any failure of the check is reported with the log's tail
+        logger.error("bento check failed: %s", exc)
         sys.exit(1)
     finally:
-        for proc in (bento, sim):
-            proc.terminate()
-            proc.wait(timeout=30)
-        log.close()
+        for process in reversed(processes):
+            process.stop()
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -10,7 +10,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,11 @@ import httpx
 import pytest
 
 from router.config import RouterConfig, load_config
+from serving.processes import ServerProcess, free_port
 from workloads import Workload, load_workload
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_PATH = REPO / "configs" / "router.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tier_router_exe() -> list[str]:
@@ -73,7 +67,7 @@ class SimulatorProcess:
             self.proc.kill()
 
 
-class ServiceProcess:
+class ServiceProcess(ServerProcess):
     """``bentoml serve serving.service:TierRouter`` as a real subprocess on 127.0.0.1, its
     settings given as environment variables (serving/settings.py); ready once ``/readyz``
     answers 200."""
@@ -82,65 +76,21 @@ class ServiceProcess:
         self.port = free_port()
         self.root = f"http://127.0.0.1:{self.port}"
         bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
-        self.log_path = log_path
-        self._log = log_path.open("w")
-        self.proc = subprocess.Popen(
-            [bentoml, "serve", "serving.service:TierRouter", "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            cwd=REPO, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.root}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"service not ready within 180 s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+        super().__init__("service", [bentoml, "serve", "serving.service:TierRouter", "--host",
+                                     "127.0.0.1", "--port", str(self.port)],
+                         f"{self.root}/readyz", log_path, env=env, cwd=REPO, timeout_s=180,
+                         fail_marker="Application startup failed")
 
 
-class ChromaServer:
+class ChromaServer(ServerProcess):
     """``chroma run`` from its own cached environment (serving/venvs.py), on 127.0.0.1."""
 
     def __init__(self, venv: Path, data: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [str(venv / "bin" / "chroma"), "run", "--path", str(data), "--host", "127.0.0.1",
-             "--port", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"chroma exited {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/api/v2/heartbeat", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("chroma did not answer within 60 s")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        super().__init__("chroma", [str(venv / "bin" / "chroma"), "run", "--path", str(data),
+                                    "--host", "127.0.0.1", "--port", str(self.port)],
+                         f"{self.url}/api/v2/heartbeat", data / "chroma.log", timeout_s=60)
 
 
 @pytest.fixture(scope="session")
@@ -156,6 +106,15 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaSe
     server = ChromaServer(venv, tmp_path_factory.mktemp("chroma"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def failures(simulator: SimulatorProcess) -> Iterator:
+    """Set the shared simulator's failure plan for one test; always cleared afterwards."""
+    def set_plan(*specs: str) -> None:
+        httpx.put(f"{simulator.root}/sim/failures", json={"specs": list(specs)}).raise_for_status()
+    yield set_plan
+    set_plan()
 
 
 @pytest.fixture(scope="session")

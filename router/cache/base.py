@@ -144,6 +144,27 @@ def answer_digest(response: Mapping[str, Any]) -> str:
     return hashlib.sha256(data.encode("utf-8")).hexdigest()
 
 
+def check_settings(*, dim: int, max_entries: int, ttl_s: float, neighbours: int,
+                   min_support: int) -> None:
+    """The size and agreement settings every backend takes; :class:`CacheError` if unusable."""
+    if dim <= 0 or max_entries <= 0 or ttl_s <= 0 or neighbours <= 0 or min_support <= 0:
+        raise CacheError(f"dim, max_entries, ttl_s, neighbours and min_support must be "
+                         f"positive, got {dim}, {max_entries}, {ttl_s}, {neighbours}, "
+                         f"{min_support}")
+    if min_support > neighbours:
+        raise CacheError(f"min_support ({min_support}) exceeds neighbours ({neighbours})")
+
+
+def unit_vector(embedding: np.ndarray, dim: int) -> np.ndarray:
+    """``embedding`` as a float32 (dim,) unit vector (inner product = cosine), or CacheError."""
+    vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
+    if vector.shape != (dim,) or not np.all(np.isfinite(vector)):
+        raise CacheError(f"embedding must be {dim} finite numbers, got shape "
+                         f"{np.shape(embedding)}")
+    norm = float(np.linalg.norm(vector))
+    return vector / norm if norm > 0 else vector
+
+
 def agreement(nearest: Sequence[tuple[float, str, str]], neighbours: int, *,
               saw_all: bool) -> CacheMatch | None:
     """The semantic candidate and its agreement figures (see :class:`CacheMatch`).

@@ -43,6 +43,8 @@ from router.cache.base import (
     CacheMatch,
     agreement,
     answer_digest,
+    check_settings,
+    unit_vector,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,12 +64,8 @@ class ChromaCache:
                  ttl_s: float = 86_400.0, max_entries: int = 100_000, min_margin: float = 0.0,
                  min_support: int = 1, neighbours: int = 32,
                  clock: Callable[[], float] = time.time) -> None:
-        if dim <= 0 or max_entries <= 0 or ttl_s <= 0 or neighbours <= 0 or min_support <= 0:
-            raise CacheError(f"dim, max_entries, ttl_s, neighbours and min_support must be "
-                             f"positive, got {dim}, {max_entries}, {ttl_s}, {neighbours}, "
-                             f"{min_support}")
-        if min_support > neighbours:
-            raise CacheError(f"min_support ({min_support}) exceeds neighbours ({neighbours})")
+        check_settings(dim=dim, max_entries=max_entries, ttl_s=ttl_s, neighbours=neighbours,
+                       min_support=min_support)
         parsed = urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise CacheError(f"cache.url must look like http://host:port, got {url!r}")
@@ -252,12 +250,7 @@ class ChromaCache:
                         stored_at=float(meta["stored_at"]))
 
     def _as_vector(self, embedding: np.ndarray) -> np.ndarray:
-        vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
-        if vector.shape != (self.dim,) or not np.all(np.isfinite(vector)):
-            raise CacheError(f"embedding must be {self.dim} finite numbers, got shape "
-                             f"{np.shape(embedding)}")
-        norm = float(np.linalg.norm(vector))
-        return vector / norm if norm > 0 else vector
+        return unit_vector(embedding, self.dim)
 
     def _call(self, what: str, method: Callable[..., Any], **kwargs: Any) -> Any:
         try:

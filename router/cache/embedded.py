@@ -50,6 +50,8 @@ from router.cache.base import (
     CacheMatch,
     agreement,
     answer_digest,
+    check_settings,
+    unit_vector,
 )
 
 logger = logging.getLogger(__name__)
@@ -112,12 +114,8 @@ class EmbeddedCache:
                  max_dead_share: float = 0.25) -> None:
         import faiss
 
-        if dim <= 0 or max_entries <= 0 or ttl_s <= 0 or neighbours <= 0 or min_support <= 0:
-            raise CacheError(f"dim, max_entries, ttl_s, neighbours and min_support must be "
-                             f"positive, got {dim}, {max_entries}, {ttl_s}, {neighbours}, "
-                             f"{min_support}")
-        if min_support > neighbours:
-            raise CacheError(f"min_support ({min_support}) exceeds neighbours ({neighbours})")
+        check_settings(dim=dim, max_entries=max_entries, ttl_s=ttl_s, neighbours=neighbours,
+                       min_support=min_support)
         self._faiss = faiss
         self.dim = dim
         self.encoder_name = encoder_name
@@ -306,13 +304,7 @@ class EmbeddedCache:
             self._dirty = True
 
     def _as_vector(self, embedding: np.ndarray) -> np.ndarray:
-        vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
-        if vector.shape != (self.dim,) or not np.all(np.isfinite(vector)):
-            raise CacheError(f"embedding must be {self.dim} finite numbers, got shape "
-                             f"{np.shape(embedding)}")
-        norm = float(np.linalg.norm(vector))
-        # Inner product is cosine only on unit vectors; renormalising costs ~1 us.
-        return vector / norm if norm > 0 else vector
+        return unit_vector(embedding, self.dim)
 
     def _as_matrix(self, embeddings: np.ndarray) -> np.ndarray:
         matrix = np.asarray(embeddings, dtype=np.float32)

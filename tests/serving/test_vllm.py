@@ -5,10 +5,8 @@ recovery when vLLM freezes, and its fallback when vLLM is stopped."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 
 from router.classifier import InProcessClassifier, load_classifier
 from router.normalise import normalise
+from serving.processes import ServerProcess
 from serving.settings import hash_key
 from tests.conftest import ServiceProcess, SimulatorProcess, free_port
 
@@ -37,45 +36,17 @@ PROMPTS = [f"Question {i}: " + text for i, text in enumerate([
     "What are the side effects of ibuprofen?"] * 2)]
 
 
-class VLLMServer:
+class VLLMServer(ServerProcess):
+    """vLLM's OpenAI server in its own process group (API server, engine, worker)."""
+
     def __init__(self, python: Path, model_dir: Path, log: Path, port: int | None = None) -> None:
         from serving.vllm import CPU_ENV, serve_command
 
-        self.python = python
+        self.python, self.model_dir = python, model_dir
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.model_dir = model_dir
-        self._log = log.open("w")
-        self.log_path = log
-        self.proc = subprocess.Popen(serve_command(python, model_dir, port=self.port),
-                                     env={**os.environ, **CPU_ENV}, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited {self.proc.returncode}:\n"
-                                   f"{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        self.stop()
-        raise RuntimeError(f"vLLM not up within 300 s:\n{log.read_text()[-3000:]}")
-
-    def signal(self, sig: int) -> None:
-        os.killpg(self.proc.pid, sig)  # the API server and its engine/worker processes
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-        self._log.close()
+        super().__init__("vLLM", serve_command(python, model_dir, port=self.port),
+                         f"{self.url}/v1/models", log, env=CPU_ENV, timeout_s=300, group=True)
 
 
 @pytest.fixture(scope="module")
