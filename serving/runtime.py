@@ -101,7 +101,8 @@ class Runtime:
         self.config = config.model_copy(update=updates)
         self._dispatcher = Dispatcher(self.config,
                                       api_base_override=self.settings.provider_base)
-        self.decision_log = DecisionLog(self.config.decision_log.url, metrics=self.metrics)
+        self.decision_log = DecisionLog(self.config.decision_log.url, metrics=self.metrics,
+                                        spill_path=self.settings.decision_spill_path)
         self.spend = SpendTracker(self.settings.tenant_budgets, self.decision_log)
         self.decision_log.observers.append(self.spend.observe)
         rate = self.settings.rate_limit_rps

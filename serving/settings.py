@@ -28,6 +28,8 @@ carries, so it serves with no MLflow store.
 - ``ROUTER_PROVIDER_BASE``: rebase every provider ``api_base`` onto this root, e.g. the
   simulator's ``http://127.0.0.1:8900`` (none: as configured)
 - ``ROUTER_DECISION_LOG_URL``: SQLAlchemy URL, wins over the config's (the config's)
+- ``ROUTER_DECISION_SPILL_PATH``: where records wait while the database is down
+  (``var/decisions.spill.jsonl``); one per replica
 - ``ROUTER_CACHE_DIR``: embedded cache folder, wins over the config's (the config's)
 - ``ROUTER_CACHE_URL``: a Chroma server shared by the replicas; switches the cache to the
   ``chroma`` backend (the config's backend)
@@ -77,6 +79,7 @@ class ServiceSettings(BaseModel):
     tenant_budgets: dict[str, float] = Field(default_factory=dict)
     provider_base: str | None = None
     decision_log_url: str | None = None
+    decision_spill_path: Path | None = None
     cache_dir: str | None = None
     cache_url: str | None = None
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
@@ -106,6 +109,7 @@ class ServiceSettings(BaseModel):
                  "ROUTER_RATE_LIMIT_RPS": "rate_limit_rps",
                  "ROUTER_RATE_LIMIT_BURST": "rate_limit_burst",
                  "ROUTER_DECISION_LOG_URL": "decision_log_url",
+                 "ROUTER_DECISION_SPILL_PATH": "decision_spill_path",
                  "ROUTER_CACHE_DIR": "cache_dir", "ROUTER_CACHE_URL": "cache_url",
                  "ROUTER_MAX_BODY_BYTES": "max_body_bytes",
                  "ROUTER_MAX_PROMPT_TOKENS": "max_prompt_tokens"}

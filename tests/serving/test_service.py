@@ -17,6 +17,7 @@ from router.telemetry import DecisionLog
 from serving.settings import hash_key
 from tests import openai_spec
 from tests.conftest import REPO, ServiceProcess, SimulatorProcess
+from tests.router.pg import PostgresServer, postgres_server  # noqa: F401  (fixture)
 
 KEY_A, KEY_B = "sk-test-tenant-a-0123456789", "sk-test-tenant-b-9876543210"
 MODEL = "tier-classifier"
@@ -400,6 +401,49 @@ def test_401_403_429_are_distinct(limited_service: ServiceProcess) -> None:
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "budget_exhausted"
     assert "budget" in refused.json()["error"]["message"]
+
+
+def test_database_outage_loses_no_decision(registry: Registry, simulator: SimulatorProcess,
+                                           postgres_server: PostgresServer) -> None:  # noqa: F811
+    """The service on PostgreSQL: the database goes down mid-traffic, every request is still
+    answered, the records wait in the spill file, and once it is back rows == requests."""
+    from sqlalchemy import create_engine
+
+    from router.telemetry import metadata
+
+    engine = create_engine(postgres_server.url)
+    metadata.drop_all(engine)  # the cluster is shared with other tests
+    engine.dispose()
+    process = _start(registry, simulator, "postgres",
+                     ROUTER_DECISION_LOG_URL=postgres_server.url,
+                     ROUTER_DECISION_SPILL_PATH=str(registry.root / "postgres" / "spill.jsonl"))
+    try:
+        ids = [_post(process, KEY_A, _ask(f"before {i}")).headers["x-router-request-id"]
+               for i in range(3)]
+        time.sleep(1)  # written; the pool now holds connections the restart will break
+        postgres_server.stop()
+        try:
+            during = [_post(process, KEY_A, _ask(f"during {i}")) for i in range(8)]
+            assert [r.status_code for r in during] == [200] * 8  # still served
+            ids += [r.headers["x-router-request-id"] for r in during]
+            spill = registry.root / "postgres" / "spill.jsonl"
+            deadline = time.monotonic() + 30  # the writer retries with backoff, then spills
+            while not (spill.exists() and spill.read_text().count("\n") >= 8):
+                assert time.monotonic() < deadline, "nothing reached the spill file"
+                time.sleep(0.5)
+        finally:
+            postgres_server.start()
+        ids.append(_post(process, KEY_A, _ask("after")).headers["x-router-request-id"])
+        with DecisionLog(postgres_server.url) as log:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                written = {r.request_id for r in log.read()}
+                if set(ids) <= written:
+                    break
+                time.sleep(0.5)
+        assert set(ids) <= written and len(written) == len(ids)  # rows == requests
+    finally:
+        process.stop()
 
 
 # Last in the module: it scans what every service above wrote.
