@@ -33,7 +33,7 @@ def test_concurrent_requests_share_passes_and_get_their_own_rows(tiny_bert_dir: 
         scores, vectors = results[i]
         assert scores[0] == pytest.approx(expected_scores[i], abs=1e-5)
         assert np.allclose(vectors[0], expected_vectors[i], atol=1e-5)
-    assert batched.batched_texts == len(texts)
+    assert batched.batched_items == len(texts)
     assert batched.batches < len(texts)  # requests that queued together shared a pass
     assert batched.meta is inner.meta and batched.tokenizer is inner.tokenizer
     batched.close()
