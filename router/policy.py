@@ -230,10 +230,7 @@ class RouterPolicy:
         except (RequestFormatError, DispatchError) as exc:
             self._record(request, decision, None, started, error=exc)
             raise
-        stored = self._store(decision, result)
-        record = self._record(request, decision, result, started, cascade=steps)
-        if stored is not None:
-            record.extra["cache_stored_entry"] = stored
+        record = self._finish(request, decision, result, started, cascade=steps)
         return RouteResult(result.response, decision, result, record)
 
     async def route_stream(self, request: RouteRequest
@@ -281,10 +278,15 @@ class RouterPolicy:
             raise
         result = stream.result()
         self._note_latency(result)
+        self._finish(request, decision, result, started)
+
+    def _finish(self, request: RouteRequest, decision: RouteDecision, result: DispatchResult,
+                started: float, cascade: list[dict[str, Any]] | None = None) -> DecisionRecord:
+        """Store an answered request in the cache, then record it (with the new entry's id, so
+        negative feedback on this request can evict it)."""
         stored = self._store(decision, result)
-        record = self._record(request, decision, result, started)
-        if stored is not None:
-            record.extra["cache_stored_entry"] = stored
+        return self._record(request, decision, result, started, cascade=cascade,
+                            extra={"cache_stored_entry": stored} if stored else None)
 
     def _store(self, decision: RouteDecision, result: DispatchResult) -> str | None:
         """Cache a fresh answer unless the critical tier gave it (DESIGN: never cached); after a
@@ -368,7 +370,8 @@ class RouterPolicy:
                 result: DispatchResult | None, started: float,
                 error: Exception | None = None,
                 cascade: list[dict[str, Any]] | None = None,
-                status: str | None = None) -> DecisionRecord:
+                status: str | None = None,
+                extra: dict[str, Any] | None = None) -> DecisionRecord:
         latency = dict(decision.latency_ms) if decision else {}
         if result is not None:
             latency["dispatch"] = result.latency_ms
@@ -421,6 +424,7 @@ class RouterPolicy:
             record.prompt_tokens = result.prompt_tokens
             record.completion_tokens = result.completion_tokens
             record.cost_usd = result.cost_usd
-        if self.decision_log is not None:
+        record.extra.update(extra or {})
+        if self.decision_log is not None:  # queues a snapshot: the record is complete by now
             self.decision_log.record(record)
         return record

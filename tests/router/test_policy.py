@@ -199,6 +199,10 @@ def test_cache_in_the_request_path(simulator: SimulatorProcess, router_config: R
     assert near.record.cache_status == "semantic" and 0.5 <= near.record.cache_similarity < 1
     # The paraphrase is stored as an alias of the served answer: its repeat hits exactly.
     assert near.record.extra["cache_stored_entry"] != near.record.extra["cache_entry"]
+    # ...and the written row names it too (feedback evicts through the log).
+    decision_log.flush()
+    assert decision_log.get(near.record.request_id).extra["cache_stored_entry"] == \
+        near.record.extra["cache_stored_entry"]
     repeat = ask("Name three prime numbers!")
     assert repeat.record.cache_status == "exact"
     assert repeat.response.choices[0].message.content == first.response.choices[0].message.content
