@@ -68,8 +68,13 @@ class _Answered:
 
 @dataclass
 class _Opened:
-    first: Any  # the stream's first chunk
+    stream: Any  # LiteLLM's stream wrapper
+    first: Any  # its first chunk
     rest: Any  # the async iterator it came from
+
+    @property
+    def _hidden_params(self) -> dict[str, Any]:  # who answered, as on a plain response
+        return self.stream._hidden_params
 
 
 class DispatchStream:
@@ -297,16 +302,16 @@ class Dispatcher:
         params.update(stream=True, stream_options={"include_usage": True})
         started = time.perf_counter()
 
-        async def opened(**kwargs: Any) -> tuple[Any, Any]:
+        async def opened(**kwargs: Any) -> _Opened:
             stream = await self._router.acompletion(**kwargs)
             iterator = stream.__aiter__()
             try:
                 first = await iterator.__anext__()
             except StopAsyncIteration:
                 raise DispatchError("the provider closed the stream before any chunk") from None
-            return stream, _Opened(first, iterator)
+            return _Opened(stream, first, iterator)
 
-        (_, head), answer = await self._first_answer(
+        head, answer = await self._first_answer(
             tier, messages, request_id, params, tier_fallback, opened)
         return DispatchStream(self, head.first, head.rest, tier=answer.tier,
                               deployment=answer.deployment, client_usage=client_usage,
@@ -337,8 +342,7 @@ class Dispatcher:
             except Exception as exc:  # any provider failure means: next tier
                 failure = _short_reason(exc)
             else:
-                handle = response[0] if isinstance(response, tuple) else response
-                answered = handle._hidden_params.get("model_id") or ""
+                answered = response._hidden_params.get("model_id") or ""
                 failures = await self._failures(request_id)
                 fallbacks += [{"kind": "deployment", "from": failed, "to": answered,
                                "reason": reason} for failed, reason in failures]

@@ -392,7 +392,8 @@ class DecisionLog:
             raise ValueError(f"max_retries must not be negative, got {max_retries}")
         self.url = url
         self.metrics = metrics
-        self.observers = list(observers)
+        # The metrics are the first observer; each record() calls them all.
+        self.observers = ([metrics.observe] if metrics is not None else []) + list(observers)
         # Pinned now: a later chdir must not move the spill file.
         self.spill_path = (spill_path if spill_path is not None else DEFAULT_SPILL_PATH).absolute()
         self._batch_size = batch_size
@@ -440,8 +441,7 @@ class DecisionLog:
         After :meth:`close` the record goes straight to the spill file.
         """
         row = rec.to_row()
-        for observe in ([self.metrics.observe] if self.metrics is not None else []) + \
-                self.observers:
+        for observe in self.observers:
             try:
                 observe(rec)
             except Exception:  # metrics must never fail a request
