@@ -392,8 +392,7 @@ class DecisionLog:
             raise ValueError(f"max_retries must not be negative, got {max_retries}")
         self.url = url
         self.metrics = metrics
-        # The metrics are the first observer; each record() calls them all.
-        self.observers = ([metrics.observe] if metrics is not None else []) + list(observers)
+        self.observers = list(observers)
         # Pinned now: a later chdir must not move the spill file.
         self.spill_path = (spill_path if spill_path is not None else DEFAULT_SPILL_PATH).absolute()
         self._batch_size = batch_size
@@ -441,7 +440,8 @@ class DecisionLog:
         After :meth:`close` the record goes straight to the spill file.
         """
         row = rec.to_row()
-        for observe in self.observers:
+        metrics = [self.metrics.observe] if self.metrics is not None else []
+        for observe in metrics + self.observers:  # self.metrics may be set after start
             try:
                 observe(rec)
             except Exception:  # metrics must never fail a request
