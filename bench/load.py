@@ -20,12 +20,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
 
 from serving.processes import ServerProcess, free_port
+
+if TYPE_CHECKING:
+    from router.config import RouterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -101,27 +104,32 @@ async def run_load(target: Target, prompts: Sequence[str], *, clients: int,
     return run
 
 
-def proxy_config(router_config: Path, simulator_root: str, out: Path) -> Path:
-    """LiteLLM proxy config: the router config's own ``model_list`` (LiteLLM's format), pointed
-    at the simulator, with the same retries and cooldowns."""
-    import yaml
-
-    from router.config import load_config
+def proxy_settings(config: RouterConfig, *, api_root: str | None = None,
+                   master_key: str = LOAD_KEY) -> dict[str, Any]:
+    """LiteLLM proxy config (a dict for its YAML): the router config's own ``model_list``
+    (LiteLLM's format) and ``router_settings``, so the proxy retries and cools down like the
+    router. ``api_root``: every ``api_base`` rebased onto it (the simulator's root); None keeps
+    them. ``master_key``: a key, or LiteLLM's ``os.environ/NAME`` to read one at start."""
     from router.dispatch import rebase_api_base
 
-    config = load_config(router_config)
     model_list = config.litellm_model_list()
     for entry in model_list:
         params = entry["litellm_params"]
-        if params.get("api_base"):
-            params["api_base"] = rebase_api_base(params["api_base"], simulator_root)
-    settings = config.router_settings
-    out.write_text(yaml.safe_dump({
-        "model_list": model_list,
-        "router_settings": {"num_retries": settings.num_retries, "timeout": settings.timeout,
-                            "allowed_fails": settings.allowed_fails,
-                            "cooldown_time": settings.cooldown_time},
-        "general_settings": {"master_key": LOAD_KEY}}))
+        if api_root and params.get("api_base"):
+            params["api_base"] = rebase_api_base(params["api_base"], api_root)
+    return {"model_list": model_list,
+            "router_settings": config.router_settings.model_dump(),
+            "general_settings": {"master_key": master_key}}
+
+
+def proxy_config(router_config: Path, simulator_root: str, out: Path) -> Path:
+    """Write :func:`proxy_settings` for ``router_config`` pointed at the simulator to ``out``."""
+    import yaml
+
+    from router.config import load_config
+
+    out.write_text(yaml.safe_dump(proxy_settings(load_config(router_config),
+                                                 api_root=simulator_root)))
     return out
 
 

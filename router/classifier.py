@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from router.errors import RouterError
 from router.registry import registered_artifact_dir
@@ -47,6 +47,8 @@ class ClassifierMeta:
     bias: tuple[float, ...] = (0.0,) * len(TIERS)  # logit offsets in TIERS order
     thresholds: Mapping[str, float] | None = None
     max_length: int = DEFAULT_MAX_LENGTH
+    # What the model did on its training distribution (router.monitor's drift reference).
+    reference: Mapping[str, Any] | None = None
 
 
 class TierClassifier(Protocol):
@@ -157,9 +159,17 @@ def read_meta(path: Path) -> ClassifierMeta:
                               bias=tuple(float(b) for b in
                                          data.get("bias", (0.0,) * len(TIERS))),
                               thresholds=data.get("thresholds"),
-                              max_length=int(data.get("max_length", DEFAULT_MAX_LENGTH)))
+                              max_length=int(data.get("max_length", DEFAULT_MAX_LENGTH)),
+                              reference=data.get("reference"))
     except (ValueError, TypeError, AttributeError) as exc:
         raise ClassifierError(f"{meta_path}: unreadable: {exc}") from exc
+    if meta.reference is not None:
+        from router.monitor import DriftReferenceError, check_reference
+
+        try:
+            check_reference(meta.reference)
+        except DriftReferenceError as exc:
+            raise ClassifierError(f"{meta_path}: {exc}") from None
     if meta.temperature <= 0:
         raise ClassifierError(f"{meta_path}: temperature must be > 0, got {meta.temperature}")
     if len(meta.bias) != len(TIERS) or not all(math.isfinite(b) for b in meta.bias):

@@ -417,5 +417,19 @@ def bench_docs(
     typer.echo(f"{out}: {len(reports)} reports")
 
 
+def _add_groups() -> None:
+    # Operator command groups live in ``ops`` (reports over the decision log, doc rendering).
+    from ops.cli import ab_app, monitor, shadow_app
+    from ops.docs_cli import docs_app
+    from ops.log_cli import log_app
+
+    for group, name in ((ab_app, "ab"), (shadow_app, "shadow"), (log_app, "log"),
+                        (docs_app, "docs")):
+        app.add_typer(group, name=name)
+    app.command("monitor")(monitor)
+
+
+_add_groups()
+
 if __name__ == "__main__":
     app()

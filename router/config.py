@@ -219,6 +219,21 @@ class CacheConfig(_Strict):
         return self
 
 
+RetentionDays = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+class DecisionLogRetention(_Strict):
+    """How long logged prompts (``decisions.text``) are kept, in days since ``created_at``.
+
+    ``tier-router log retain`` then sets ``text`` to NULL; the row, its hash and its metrics
+    stay. ``prompt_days``: the default, None = keep forever; ``tenants``: per-tenant days that
+    override it (``{tenant: days}``; 0 = clear at the next run).
+    """
+
+    prompt_days: RetentionDays | None = 30.0
+    tenants: dict[Annotated[str, Field(min_length=1)], RetentionDays] = {}
+
+
 class DecisionLogConfig(_Strict):
     url: str = Field(default="sqlite:///var/decisions.sqlite",
                      description="SQLAlchemy URL; a PostgreSQL URL works unchanged")
@@ -226,6 +241,7 @@ class DecisionLogConfig(_Strict):
     # (router.pii; harvest can still train on them), hash = no text at all (text_hash only),
     # keep = verbatim.
     prompts: Literal["redact", "hash", "keep"] = "redact"
+    retention: DecisionLogRetention = DecisionLogRetention()
 
     @field_validator("url")
     @classmethod
@@ -233,6 +249,52 @@ class DecisionLogConfig(_Strict):
         if not re.match(r"^[a-z][a-z0-9+]*://", url):
             raise ValueError(f"must be a SQLAlchemy URL such as sqlite:///path, got {url!r}")
         return url
+
+
+class ABVariant(_Strict):
+    """One arm of a threshold A/B test. ``gate``: its thresholds; None keeps the thresholds the
+    serving model version carries (the control arm)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=40)
+    weight: float = Field(default=1.0, gt=0.0)
+    gate: GateConfig | None = None
+
+
+class ABConfig(_Strict):
+    """A threshold A/B test: each request is assigned one variant by a stable hash of its
+    tenant (``split_by: tenant``: a tenant sees one arm) or of its request id (``request``),
+    salted with ``salt`` (change it to reshuffle). Variants share traffic by ``weight``."""
+
+    enabled: bool = False
+    split_by: Literal["tenant", "request"] = "tenant"
+    salt: str = Field(default="ab", min_length=1)
+    variants: list[ABVariant] = []
+
+    @model_validator(mode="after")
+    def _two_named_arms(self) -> ABConfig:
+        names = [variant.name for variant in self.variants]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"variant names must be unique; repeated: {repeated}")
+        if self.enabled and len(self.variants) < 2:
+            raise ValueError("an enabled A/B test needs at least two variants")
+        return self
+
+
+class MonitorConfig(_Strict):
+    """In-process drift and health gauges over the last ``window`` decisions (DESIGN: alert
+    when escalation exceeds 5%); the alert thresholds themselves live in the alert rules."""
+
+    window: int = Field(default=1000, ge=10)
+    # Fewest decisions in the window before the drift and rate gauges are exported (else NaN).
+    min_requests: int = Field(default=100, ge=1)
+
+    @model_validator(mode="after")
+    def _fits(self) -> MonitorConfig:
+        if self.min_requests > self.window:
+            raise ValueError(f"min_requests ({self.min_requests}) must not exceed window "
+                             f"({self.window})")
+        return self
 
 
 class RouterConfig(_Strict):
@@ -245,6 +307,8 @@ class RouterConfig(_Strict):
     cascade: CascadeConfig = CascadeConfig()
     cache: CacheConfig = CacheConfig()
     decision_log: DecisionLogConfig = DecisionLogConfig()
+    ab: ABConfig = ABConfig()
+    monitor: MonitorConfig = MonitorConfig()
 
     @model_validator(mode="after")
     def _every_tier_served(self) -> RouterConfig:
@@ -264,6 +328,19 @@ class RouterConfig(_Strict):
     def deployments(self, tier: Tier) -> list[Deployment]:
         """The deployments serving ``tier``, in config order."""
         return [d for d in self.model_list if d.model_name == tier]
+
+    def list_price(self, tier: str | None, prompt_tokens: int | None,
+                   completion_tokens: int | None) -> float | None:
+        """USD the tier's first deployment charges for these token counts (an estimate of
+        what a tier *would* have cost: shadow mode, threshold replays); None without tokens."""
+        if prompt_tokens is None or completion_tokens is None:
+            return None
+        for deployment in self.model_list:
+            if deployment.model_name == tier:
+                params = deployment.litellm_params
+                return (prompt_tokens * params.input_cost_per_token
+                        + completion_tokens * params.output_cost_per_token)
+        return None
 
     def litellm_model_list(self) -> list[dict[str, Any]]:
         """``model_list`` as plain dicts for ``litellm.Router(model_list=...)``."""

@@ -17,6 +17,11 @@
   the classifier's forward pass also yields the request's embedding (one encoder pass) for the
   semantic lookup. Overridden requests neither look up nor store; an answer from the critical
   tier is not stored (DESIGN step 3). A hit costs nothing and is recorded with its similarity.
+* A/B test (config ``ab``): each request is assigned a variant (:mod:`router.ab`) whose
+  thresholds gate it; the record carries the variant and ``threshold_source`` ``ab:<variant>``.
+* Shadow mode (``shadow``: a challenger): the challenger scores each classified request in a
+  worker thread while the provider answers, and its would-be decision is recorded in the
+  record's ``shadow`` field (:mod:`router.shadow`); it never changes what the request gets.
 * Every request leaves exactly one DecisionRecord, answered or failed.
 """
 
@@ -31,6 +36,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from router.ab import ABAssigner
 from router.cache import CacheError, CacheHit, CacheKey, Encoder, SemanticCache, cache_key
 from router.cascade import CRITICAL, fits_budget, next_tier, should_escalate
 from router.classifier import TierClassifier, TierScores
@@ -43,6 +49,7 @@ from router.overrides import DomainOverrides, OverrideMatch
 from router.pii import scrub_pii
 from router.protocol import cached_stream, chunk_payload
 from router.scorer import ResponseScorer
+from router.shadow import ShadowScorer
 from router.telemetry import DecisionLog, DecisionRecord
 from router.tiers import TIERS, Tier
 
@@ -86,6 +93,7 @@ class RouteDecision:
     cache_hit: CacheHit | None = None
     embedding: Any = None  # (d,) vector of the shared encoder pass, for storing the answer
     classifier_source: str | None = None  # "primary" / "fallback" behind a circuit breaker
+    variant: str | None = None  # the A/B arm (config ``ab``) the request was assigned
 
 
 @dataclass
@@ -105,15 +113,45 @@ def _served_from_cache(hit: CacheHit) -> DispatchResult:
                           cost_usd=0.0, latency_ms=0.0)
 
 
+@dataclass(frozen=True)
+class _Shadow:
+    """A challenger's scoring of one request, running beside the live path."""
+
+    scorer: ShadowScorer
+    task: asyncio.Future[dict[str, Any]]
+
+
+def _finished_shadow(shadow: _Shadow, found: dict[str, Any], decision: RouteDecision,
+                     result: DispatchResult | None) -> dict[str, Any]:
+    tokens = (result.prompt_tokens, result.completion_tokens) if result else (None, None)
+    return shadow.scorer.finish(found, decision.target_tier, *tokens)
+
+
+async def _shadow_of(shadow: _Shadow | None, decision: RouteDecision | None,
+                     result: DispatchResult | None) -> dict[str, Any] | None:
+    """The challenger's would-be decision, priced; None when none ran."""
+    if shadow is None or decision is None:
+        return None
+    return _finished_shadow(shadow, await shadow.task, decision, result)
+
+
+def _shadow_if_done(shadow: _Shadow | None, decision: RouteDecision,
+                    result: DispatchResult | None) -> dict[str, Any] | None:
+    if shadow is None or not shadow.task.done() or shadow.task.cancelled():
+        return None
+    return _finished_shadow(shadow, shadow.task.result(), decision, result)
+
+
 class RouterPolicy:
     """The request path over a config, a classifier, a dispatcher and a decision log."""
 
     def __init__(self, config: RouterConfig, classifier: TierClassifier, dispatcher: Dispatcher,
                  decision_log: DecisionLog | None = None,
                  scorer: ResponseScorer | None = None, cache: SemanticCache | None = None,
-                 encoder: Encoder | None = None) -> None:
+                 encoder: Encoder | None = None, shadow: ShadowScorer | None = None) -> None:
         """``cache``: the semantic cache; its vectors come from the classifier's own pass when
-        the classifier offers ``predict_with_embeddings``, else from ``encoder``."""
+        the classifier offers ``predict_with_embeddings``, else from ``encoder``. ``shadow``: a
+        challenger scoring each classified request beside the live path (never acting)."""
         self.config = config
         self.cache = cache if config.cache.enabled else None
         self._shared_pass = hasattr(classifier, "predict_with_embeddings")
@@ -133,6 +171,8 @@ class RouterPolicy:
         self.overrides = DomainOverrides(config.overrides)
         self.thresholds = resolve_thresholds(config.gate, classifier.meta.thresholds,
                                              classifier.meta.version)
+        self.ab = ABAssigner(config.ab)
+        self.shadow = shadow  # may be swapped while serving (the challenger alias moved)
         # Pinnable names: the tiers, each deployment's served model and its model_info.id.
         self._pins: dict[str, Tier] = {tier: tier for tier in TIERS}
         for deployment in config.model_list:
@@ -160,6 +200,9 @@ class RouterPolicy:
                                      f"{self.model_names()}")
         messages = request_messages(request.messages)
         text = normalise(messages)
+        variant = self.ab.assign(request.tenant, request.request_id)
+        thresholds = (self.thresholds if variant is None
+                      else ABAssigner.thresholds(variant, self.thresholds))
         lap("normalise")
         override = None
         if request.model == "auto":
@@ -177,8 +220,8 @@ class RouterPolicy:
             return RouteDecision(
                 request_id=request.request_id, text=text, text_hash=text_hash, scores={},
                 predicted_tier=None, confidence=None, target_tier=hit.tier,
-                thresholds=self.thresholds, pinned=request.model != "auto", latency_ms=timings,
-                cache_key=key, cache_hit=hit)
+                thresholds=thresholds, pinned=request.model != "auto", latency_ms=timings,
+                cache_key=key, cache_hit=hit, variant=variant.name if variant else None)
         if key is not None and self._shared_pass:
             predicted, vectors = self.classifier.predict_with_embeddings([text])
             scores, embedding = predicted[0], vectors[0]
@@ -195,7 +238,7 @@ class RouterPolicy:
         if key is not None:
             hit = self.cache.lookup(key, embedding)
             lap("cache_semantic")
-        gate = decide(scores, self.thresholds)
+        gate = decide(scores, thresholds)
         lap("gate")
         pinned = request.model != "auto"
         if hit is not None:
@@ -209,17 +252,20 @@ class RouterPolicy:
         return RouteDecision(
             request_id=request.request_id, text=text, text_hash=text_hash, scores=scores,
             predicted_tier=gate.predicted_tier, confidence=gate.confidence, target_tier=target,
-            thresholds=self.thresholds, gate=None if pinned or override or hit else gate,
+            thresholds=thresholds, gate=None if pinned or override or hit else gate,
             override=override, pinned=pinned, latency_ms=timings, cache_key=key,
-            cache_hit=hit, embedding=embedding, classifier_source=source)
+            cache_hit=hit, embedding=embedding, classifier_source=source,
+            variant=variant.name if variant else None)
 
     async def route(self, request: RouteRequest) -> RouteResult:
         """Decide, dispatch, record. Raises RequestFormatError (bad request) or DispatchError
         (no tier could answer); both are logged as a failed decision first."""
         started = time.perf_counter()
         decision: RouteDecision | None = None
+        shadow: _Shadow | None = None
         try:
             decision = await asyncio.to_thread(self.decide, request)
+            shadow = self._start_shadow(decision)
             steps: list[dict[str, Any]] = []
             if decision.cache_hit is not None:
                 result = _served_from_cache(decision.cache_hit)
@@ -228,9 +274,11 @@ class RouterPolicy:
             else:
                 result = await self._dispatch(decision.target_tier, request)
         except (RequestFormatError, DispatchError) as exc:
-            self._record(request, decision, None, started, error=exc)
+            self._record(request, decision, None, started, error=exc,
+                         shadow=await _shadow_of(shadow, decision, None))
             raise
-        record = self._finish(request, decision, result, started, cascade=steps)
+        record = self._finish(request, decision, result, started, cascade=steps,
+                              shadow=await _shadow_of(shadow, decision, result))
         return RouteResult(result.response, decision, result, record)
 
     async def route_stream(self, request: RouteRequest
@@ -244,22 +292,26 @@ class RouterPolicy:
         started = time.perf_counter()
         decision: RouteDecision | None = None
         stream: DispatchStream | None = None
+        shadow: _Shadow | None = None
         include_usage = bool((request.params.get("stream_options") or {}).get("include_usage"))
         try:
             decision = await asyncio.to_thread(self.decide, request)
+            shadow = self._start_shadow(decision)
             if decision.cache_hit is None:
                 params = {k: v for k, v in request.params.items() if k != "stream"}
                 stream = await self.dispatcher.astream(
                     decision.target_tier, request.messages, request_id=request.request_id,
                     **params)
         except (RequestFormatError, DispatchError) as exc:
-            self._record(request, decision, None, started, error=exc)
+            self._record(request, decision, None, started, error=exc,
+                         shadow=await _shadow_of(shadow, decision, None))
             raise
-        return decision, self._chunks(request, decision, stream, started, include_usage)
+        return decision, self._chunks(request, decision, stream, started, include_usage, shadow)
 
     async def _chunks(self, request: RouteRequest, decision: RouteDecision,
                       stream: DispatchStream | None, started: float,
-                      include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+                      include_usage: bool, shadow: _Shadow | None
+                      ) -> AsyncIterator[dict[str, Any]]:
         if stream is None:  # a cache hit, replayed as a stream
             assert decision.cache_hit is not None
             for chunk in cached_stream(decision.cache_hit.response, include_usage=include_usage):
@@ -270,23 +322,41 @@ class RouterPolicy:
             async for chunk in stream.chunks():
                 yield chunk_payload(chunk)
         except DispatchError as exc:  # broke mid-stream: the client has part of an answer
-            self._record(request, decision, stream.result(), started, error=exc)
+            self._record(request, decision, stream.result(), started, error=exc,
+                         shadow=await _shadow_of(shadow, decision, stream.result()))
             raise
         except (GeneratorExit, asyncio.CancelledError):
+            # No awaiting here (the generator is closing): the shadow is kept if it is done.
             self._record(request, decision, stream.result(), started, status="cancelled",
-                         error=StreamCancelledError("the client closed the stream"))
+                         error=StreamCancelledError("the client closed the stream"),
+                         shadow=_shadow_if_done(shadow, decision, stream.result()))
             raise
         result = stream.result()
         self._note_latency(result)
-        self._finish(request, decision, result, started)
+        self._finish(request, decision, result, started,
+                     shadow=await _shadow_of(shadow, decision, result))
 
     def _finish(self, request: RouteRequest, decision: RouteDecision, result: DispatchResult,
-                started: float, cascade: list[dict[str, Any]] | None = None) -> DecisionRecord:
+                started: float, cascade: list[dict[str, Any]] | None = None,
+                shadow: dict[str, Any] | None = None) -> DecisionRecord:
         """Store an answered request in the cache, then record it (with the new entry's id, so
         negative feedback on this request can evict it)."""
         stored = self._store(decision, result)
         return self._record(request, decision, result, started, cascade=cascade,
-                            extra={"cache_stored_entry": stored} if stored else None)
+                            extra={"cache_stored_entry": stored} if stored else None,
+                            shadow=shadow)
+
+    def _start_shadow(self, decision: RouteDecision) -> _Shadow | None:
+        """Start the challenger on a classified request, concurrently with the dispatch (so it
+        adds no latency while the provider answers); None without a challenger or for a
+        cache hit (no classifier ran)."""
+        scorer = self.shadow
+        if scorer is None or decision.cache_hit is not None or not decision.scores:
+            return None
+        task = asyncio.ensure_future(asyncio.to_thread(
+            scorer.score, decision.text, decision.target_tier, decision.predicted_tier,
+            decision.gate is not None))
+        return _Shadow(scorer, task)
 
     def _store(self, decision: RouteDecision, result: DispatchResult) -> str | None:
         """Cache a fresh answer unless the critical tier gave it (DESIGN: never cached); after a
@@ -371,7 +441,8 @@ class RouterPolicy:
                 error: Exception | None = None,
                 cascade: list[dict[str, Any]] | None = None,
                 status: str | None = None,
-                extra: dict[str, Any] | None = None) -> DecisionRecord:
+                extra: dict[str, Any] | None = None,
+                shadow: dict[str, Any] | None = None) -> DecisionRecord:
         latency = dict(decision.latency_ms) if decision else {}
         if result is not None:
             latency["dispatch"] = result.latency_ms
@@ -383,8 +454,9 @@ class RouterPolicy:
             requested_model=request.model, latency_ms=latency,
             status=status or ("error" if error else "ok"),
             error=f"{type(error).__name__}: {error}" if error else None,
-            model_version=self.classifier.meta.version)
+            model_version=self.classifier.meta.version, shadow=shadow)
         if decision is not None:
+            record.variant = decision.variant
             record.scores = dict(decision.scores)
             record.predicted_tier = decision.predicted_tier
             record.confidence = decision.confidence

@@ -9,6 +9,12 @@ automatically once the database accepts writes again).
 The same code serves SQLite (the default, ``sqlite:///var/decisions.sqlite``) and PostgreSQL
 (``postgresql+psycopg://user@host:port/db``). Timestamps are stored in UTC and read back as
 timezone-aware UTC datetimes on both.
+
+The schema is versioned with Alembic (revisions in ``router/migrations/versions``, run in code,
+never from an ``alembic.ini``): opening a :class:`DecisionLog` upgrades its database to the newest
+revision, and :func:`migrate_schema` (``tier-router log migrate``) does the same alone. A
+database made before migrations existed (the table, no version table) is stamped with the
+baseline revision first. The :data:`decisions` table below must equal the head revision.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -44,6 +50,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Connection,
     DateTime,
     Dialect,
     Double,
@@ -54,15 +61,29 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    column,
     create_engine,
     func,
     inspect,
     select,
+    table,
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    OperationalError,
+    SQLAlchemyError,
+    StatementError,
+)
 from sqlalchemy.pool import StaticPool
+
+from router.errors import RouterError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +93,25 @@ BACKOFF_START_S = 0.05
 # While the database is down each batch gets one try; batches may then grow to this many times
 # batch_size so that draining a long queue on close() takes few (slow) failed connects.
 _DEGRADED_BATCH_FACTOR = 50
+# How long to keep retrying SQLite's switch to WAL while other workers hold the database, and
+# the pause between tries (seconds).
+_WAL_SWITCH_WAIT_S = 5.0
+_WAL_RETRY_S = 0.02
 # psycopg waits for a TCP connect forever by default; a writer stuck there stops spilling (seconds).
 _PG_CONNECT_TIMEOUT_S = 10
 # Histogram buckets for request and step latencies: 0.5 ms .. 30 s (seconds).
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                      2.5, 5.0, 10.0, 30.0)
+# The Alembic script directory, shipped inside the package (package-data in pyproject.toml).
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Alembic's version table of the decision log. Not the default ``alembic_version``: MLflow's
+# tracking store keeps its own revision there, and the two may share one PostgreSQL database.
+VERSION_TABLE = "decisions_alembic_version"
+# The revision a table made by the pre-migration ``metadata.create_all`` is stamped with.
+BASELINE_REVISION = "0001"
+# pg_advisory_xact_lock key (any constant bigint, the same in every worker): serialises schema
+# upgrades of workers starting at once. Bytes of "tierrtr".
+_PG_SCHEMA_LOCK_KEY = 0x74_69_65_72_72_74_72
 
 
 def hash_text(text: str) -> str:
@@ -131,6 +166,9 @@ class DecisionRecord:
     cache_similarity: float | None = None
     feedback: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # forward-compatible extra fields
+    variant: str | None = None  # the A/B test arm the request was assigned (config ab.variants)
+    # The shadow challenger's would-be decision for this request (JSON object); None: no shadow.
+    shadow: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.created_at.tzinfo is None:
@@ -170,8 +208,11 @@ class DecisionRecord:
         return cls(**values)
 
 
-_JSON_FIELDS = ("scores", "thresholds", "deployments_tried", "fallbacks", "latency_ms", "extra")
-_NOT_NULL_FIELDS = frozenset({*_JSON_FIELDS, "created_at", "pinned", "status"})
+# Stored as JSON and deep-copied by to_row(); all but "shadow" are NOT NULL (default: empty).
+_JSON_FIELDS = ("scores", "thresholds", "deployments_tried", "fallbacks", "latency_ms", "extra",
+                "shadow")
+_NOT_NULL_FIELDS = frozenset({*(name for name in _JSON_FIELDS if name != "shadow"), "created_at",
+                              "pinned", "status"})
 
 
 class _UTCDateTime(TypeDecorator[datetime]):
@@ -196,6 +237,7 @@ class _UTCDateTime(TypeDecorator[datetime]):
 
 metadata = MetaData()
 
+# Revision 0002 of router/migrations (tests/router/test_migrations.py compares the two).
 decisions = Table(
     "decisions", metadata,
     # Surrogate key: a stable tie-break for rows with equal created_at.
@@ -232,6 +274,9 @@ decisions = Table(
     Column("cache_similarity", Double),
     Column("feedback", Text),
     Column("extra", JSON, nullable=False),
+    Column("variant", String, index=True),
+    # none_as_null: None is SQL NULL (``shadow IS NULL`` finds it), not the JSON text 'null'.
+    Column("shadow", JSON(none_as_null=True)),
 )
 
 
@@ -336,8 +381,9 @@ def _is_row_error(exc: SQLAlchemyError) -> bool:
     return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
 
 
-def _brief(exc: BaseException) -> str:
-    """The driver's message of a database error, without SQLAlchemy's statement and parameters."""
+def brief_error(exc: BaseException) -> str:
+    """The driver's message of a database error, without SQLAlchemy's statement and parameters:
+    one line, ``"OperationalError: ..."``."""
     orig = getattr(exc, "orig", None)
     text = str(orig) if orig is not None else str(exc).split("\n[SQL:", 1)[0]
     return f"{type(orig or exc).__name__}: {' '.join(text.split())}"
@@ -363,19 +409,217 @@ def _create_engine(url: str) -> tuple[Engine, bool]:
     return create_engine(parsed, **kwargs), in_memory
 
 
+def create_log_engine(url: str) -> Engine:
+    """An engine for the decision log at ``url``, set up as :class:`DecisionLog` sets up its own
+    (JSON serialiser, PostgreSQL connect timeout, SQLite folder created). For upkeep jobs; an
+    in-memory SQLite URL gives a new, empty database."""
+    return _create_engine(url)[0]
+
+
+class SchemaError(RouterError):
+    """The decision log's database is at a revision this code cannot upgrade (a newer one)."""
+
+
+@dataclass(frozen=True)
+class SchemaUpgrade:
+    """What an upgrade found and left: revisions of ``router/migrations``.
+
+    ``before``: the revision found; None for a database without the ``decisions`` table.
+    ``after``: the revision now (the head, unless the database was at a newer, unknown one).
+    ``unversioned``: the table predated migrations and was stamped ``BASELINE_REVISION`` first
+    (``before`` is then that revision).
+    """
+
+    before: str | None
+    after: str
+    unversioned: bool = False
+
+
+def _quiet_alembic() -> None:
+    """Call before importing alembic (imported lazily for this): its import logs each of its
+    seven plugins at INFO, noise on every worker start and CLI run."""
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def schema_head() -> str:
+    """The newest revision of ``router/migrations``: the schema this code writes."""
+    _quiet_alembic()
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    if head is None:
+        raise SchemaError(f"no migration revisions under {MIGRATIONS_DIR}")
+    return head
+
+
+def schema_revision(engine: Engine) -> tuple[str | None, bool]:
+    """(the revision stamped in the database or None, whether the ``decisions`` table exists)."""
+    with engine.connect() as conn:
+        return _schema_state(conn)
+
+
+def migrate_schema(url: str) -> SchemaUpgrade:
+    """Upgrade the decision log at ``url`` to :func:`schema_head`; a no-op when it is there.
+
+    Raises :class:`SchemaError` for a database at a revision unknown here (made by newer code),
+    ``SQLAlchemyError`` when the database cannot be reached or refuses the change.
+    """
+    engine, _ = _create_engine(url)
+    try:
+        return _upgrade_schema(engine, newer_ok=False)
+    finally:
+        engine.dispose()
+
+
+def _alembic_config(conn: Connection) -> Config:
+    """Alembic's config, in code: the packaged scripts, run on ``conn`` (see migrations/env.py)."""
+    _quiet_alembic()
+    from alembic.config import Config
+
+    config = Config()
+    # ConfigParser interpolates '%': a path holding one must not be read as a reference.
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.attributes["connection"] = conn
+    return config
+
+
+def _schema_state(conn: Connection) -> tuple[str | None, bool]:
+    # Read directly, not through Alembic's MigrationContext: that logs two INFO lines per call,
+    # i.e. on every worker start.
+    inspector = inspect(conn)
+    revision: str | None = None
+    if inspector.has_table(VERSION_TABLE):
+        version_num = column("version_num", String)
+        revisions = list(conn.execute(select(version_num).select_from(table(VERSION_TABLE)))
+                         .scalars())
+        if len(revisions) > 1:
+            raise SchemaError(f"{VERSION_TABLE} holds several revisions {revisions}; the "
+                              f"decision log's migrations have no branches")
+        revision = revisions[0] if revisions else None
+    return revision, inspector.has_table(decisions.name)
+
+
+@contextlib.contextmanager
+def _schema_transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection inside one transaction that holds the schema lock; committed on success.
+
+    The whole upgrade is one transaction, so another worker never sees half of it: PostgreSQL
+    has transactional DDL and an advisory lock orders the workers; SQLite gets the same from
+    ``BEGIN IMMEDIATE`` (the database's write lock; the driver's own transaction handling is
+    switched off, else it would commit before each DDL statement).
+    """
+    with engine.connect() as conn:
+        if engine.dialect.name != "sqlite":
+            with conn.begin():
+                if engine.dialect.name == "postgresql":
+                    conn.execute(select(func.pg_advisory_xact_lock(_PG_SCHEMA_LOCK_KEY)))
+                yield conn
+            return
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(SQLAlchemyError):  # SQLite may have rolled back already
+                conn.exec_driver_sql("ROLLBACK")
+            raise
+        conn.exec_driver_sql("COMMIT")
+
+
+def _upgrade_schema(engine: Engine, *, newer_ok: bool) -> SchemaUpgrade:
+    """Upgrade to the head; ``newer_ok``: a newer, unknown revision is logged and left alone
+    (a worker of the previous release starting after the new one migrated) instead of raising
+    :class:`SchemaError`."""
+    head = schema_head()  # imports alembic quietly first
+    from alembic.util import CommandError
+
+    try:
+        with _schema_transaction(engine) as conn:
+            return _upgrade_on(conn, head, newer_ok=newer_ok)
+    except (SQLAlchemyError, CommandError) as exc:
+        # Several workers starting at once (or a lock wait running out): another one may have
+        # upgraded it meanwhile.
+        try:
+            revision, has_table = schema_revision(engine)
+        except SQLAlchemyError:
+            raise exc from None
+        if not (has_table and revision == head):
+            raise
+        logger.info("decision log: schema upgrade failed (%s) but the database is at %s now",
+                    brief_error(exc), head)
+        return SchemaUpgrade(before=head, after=head)
+
+
+def _upgrade_on(conn: Connection, head: str, *, newer_ok: bool) -> SchemaUpgrade:
+    revision, has_table = _schema_state(conn)
+    if has_table and revision == head:  # every start but the first: touch nothing
+        return SchemaUpgrade(before=head, after=head)
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    config = _alembic_config(conn)
+    unversioned = False
+    if revision is None and has_table:
+        logger.info("decision log: unversioned decisions table (made before migrations); "
+                    "stamping revision %s", BASELINE_REVISION)
+        command.stamp(config, BASELINE_REVISION)
+        revision, unversioned = BASELINE_REVISION, True
+    elif revision is not None and not has_table:
+        # The table was dropped but not its stamp (e.g. metadata.drop_all): start afresh.
+        logger.warning("decision log: %s says revision %s but there is no decisions table; "
+                       "creating it", VERSION_TABLE, revision)
+        command.stamp(config, "base", purge=True)
+        revision = None
+    if revision is not None:
+        try:
+            ScriptDirectory.from_config(config).get_revision(revision)
+        except CommandError:
+            message = (f"decision log schema is at revision {revision!r}, unknown to this "
+                       f"version (head {head}): written by a newer release?")
+            if not newer_ok:
+                raise SchemaError(message) from None
+            logger.warning("%s; writing to it unchanged", message)
+            return SchemaUpgrade(before=revision, after=revision)
+    if revision != head:
+        command.upgrade(config, "head")
+        logger.info("decision log: schema upgraded from %s to %s", revision or "(empty)", head)
+    return SchemaUpgrade(before=revision, after=head, unversioned=unversioned)
+
+
+def _use_wal(engine: Engine) -> None:
+    """Switch a SQLite file to WAL: readers (harvest, dashboards) then never block the writer,
+    nor it them. Kept once set; a no-op when already set."""
+    deadline = time.monotonic() + _WAL_SWITCH_WAIT_S
+    while True:
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+            return
+        except OperationalError as exc:
+            # The switch needs the database to itself and SQLite answers "locked" at once rather
+            # than waiting: workers starting together retry until one has switched it.
+            if time.monotonic() >= deadline:
+                logger.warning("decision log: could not switch %s to WAL (%s); readers may "
+                               "block writes", engine.url, brief_error(exc))
+                return
+            time.sleep(_WAL_RETRY_S)
+
+
 _STOP = object()
 
 
 class DecisionLog:
     """The decision log: :meth:`record` enqueues, one background thread writes in batches.
 
-    ``url``: a SQLAlchemy URL (``sqlite:///path`` or ``postgresql+psycopg://...``); the table is
-    created if missing. ``spill_path``: where rows the database refuses go (JSON lines, default
+    ``url``: a SQLAlchemy URL (``sqlite:///path`` or ``postgresql+psycopg://...``); its schema is
+    created or upgraded to the newest revision (``self.schema``: a :class:`SchemaUpgrade`).
+    ``spill_path``: where rows the database refuses go (JSON lines, default
     ``var/decisions.spill.jsonl`` under the current directory). ``batch_size``: rows per insert.
     ``flush_interval_s``: how long a record waits for batch-mates before it is written (seconds).
     ``max_retries``: retries of a failed batch (backoff 0.05 s, doubling) before it is spilled.
 
-    Raises ``SQLAlchemyError`` when the database cannot be reached at start.
+    Raises ``SQLAlchemyError`` when the database cannot be reached or upgraded at start.
     """
 
     def __init__(self, url: str, *, metrics: RouterMetrics | None = None,
@@ -404,11 +648,9 @@ class DecisionLog:
             threading.RLock() if in_memory else contextlib.nullcontext())
         try:
             with self._db_lock:
-                self._create_table()
+                self.schema = _upgrade_schema(self._engine, newer_ok=True)
                 if self._engine.dialect.name == "sqlite" and not in_memory:
-                    # Readers (harvest, dashboards) then never block the writer, nor it them.
-                    with self._engine.connect() as conn:
-                        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                    _use_wal(self._engine)
         except BaseException:
             self._engine.dispose()
             raise
@@ -425,7 +667,7 @@ class DecisionLog:
         except (SQLAlchemyError, OSError) as exc:
             self._recover_pending = True
             logger.error("decision log: recovering %s failed, retried after the next write: %s",
-                         self.spill_path, _brief(exc))
+                         self.spill_path, brief_error(exc))
         self._thread = threading.Thread(target=self._run, name="decision-log-writer", daemon=True)
         self._thread.start()
         # Queued records are written even if the owner forgets close(); unregistered by close().
@@ -600,14 +842,6 @@ class DecisionLog:
                 recovered, self.spill_path, len(keep))
         return recovered
 
-    def _create_table(self) -> None:
-        try:
-            metadata.create_all(self._engine)
-        except SQLAlchemyError:
-            # Several workers starting at once: another one may have created it meanwhile.
-            if not inspect(self._engine).has_table(decisions.name):
-                raise
-
     # -- writer thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -661,7 +895,7 @@ class DecisionLog:
                 error = exc
                 if not _is_row_error(exc):
                     logger.warning("decision log: writing %d record(s) failed (try %d of %d): %s",
-                                   len(pending), attempt + 1, tries, _brief(exc))
+                                   len(pending), attempt + 1, tries, brief_error(exc))
                     continue
             # A bad row fails the whole batch: write the others one by one, spill the bad ones.
             rejected, pending, error = self._insert_one_by_one(pending)
@@ -673,7 +907,7 @@ class DecisionLog:
         else:
             self._degraded = self._recover_pending = True
             self._spill(pending, f"database unavailable after {tries} tries: "
-                                 f"{_brief(error) if error else '?'}")
+                                 f"{brief_error(error) if error else '?'}")
             return
         self._degraded = False
         if self._recover_pending:
@@ -700,7 +934,7 @@ class DecisionLog:
                 return rejected, rows[index:], exc
             if refusal is not None:
                 logger.error("decision log: request %s refused: %s", row["request_id"],
-                             _brief(refusal))
+                             brief_error(refusal))
                 rejected.append(row)
         return rejected, [], None
 

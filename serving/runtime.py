@@ -8,6 +8,11 @@ new version is loaded *beside* the serving one and swapped in with one assignmen
 in flight finish on the model they started with and none waits. Rolling back is moving the
 alias back. Each classifier version gets its own cache folder: the cache's vectors come from
 the classifier's own encoder pass, so another version's vectors are in another space.
+
+Shadow mode (``ROUTER_SHADOW_CLASSIFIER``, e.g. ``models:/tier-classifier@challenger``): a second
+classifier scores each classified request beside the serving one (:mod:`router.shadow`); its
+alias is followed by the same watcher. A challenger that does not exist yet or fails to load is
+logged and the service runs without a shadow until it appears.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ from router.classifier import TierClassifier, load_classifier
 from router.config import RouterConfig, load_config
 from router.dispatch import Dispatcher
 from router.errors import RouterError
+from router.monitor import DriftMonitor, DriftReferenceError
 from router.policy import RouterPolicy
 from router.scorer import ResponseScorer, load_scorer
+from router.shadow import ShadowScorer
 from router.telemetry import DecisionLog, RouterMetrics
 from serving.limits import RateLimiter, SpendTracker
 from serving.settings import ServiceSettings
@@ -70,6 +77,7 @@ class Runtime:
         self.config: RouterConfig | None = None
         self.decision_log: DecisionLog | None = None
         self.spend: SpendTracker | None = None
+        self.monitor: DriftMonitor | None = None
         self.rate_limiter: RateLimiter | None = None
         self._dispatcher: Dispatcher | None = None
         self._scorer: ResponseScorer | None = None
@@ -78,6 +86,10 @@ class Runtime:
         self._watcher: threading.Thread | None = None
         self._reload_lock = threading.Lock()
         self._alias = AliasRef.parse(settings.classifier)
+        self.shadow: ShadowScorer | None = None
+        self.shadow_version: str | None = None  # registry version (or spec) of the challenger
+        self._shadow_alias = (AliasRef.parse(settings.shadow_classifier)
+                              if settings.shadow_classifier else None)
 
     @property
     def ready(self) -> bool:
@@ -86,7 +98,8 @@ class Runtime:
     def start(self) -> Runtime:
         """Load everything; raise :class:`ModelLoadError` / ``ConfigError`` on bad settings."""
         if any(spec and spec.startswith("models:")
-               for spec in (self.settings.classifier, self.settings.scorer)):
+               for spec in (self.settings.classifier, self.settings.scorer,
+                            self.settings.shadow_classifier)):
             import mlflow  # only for registry specs: a Bento serves files, without MLflow
 
             mlflow.set_tracking_uri(self.settings.tracking_uri)
@@ -105,6 +118,9 @@ class Runtime:
                                         spill_path=self.settings.decision_spill_path)
         self.spend = SpendTracker(self.settings.tenant_budgets, self.decision_log)
         self.decision_log.observers.append(self.spend.observe)
+        # Drift gauges on /metrics; the reference is set per classifier version in _install.
+        self.monitor = DriftMonitor(self.config.monitor, registry=self.metrics.registry)
+        self.decision_log.observers.append(self.monitor.observe)
         rate = self.settings.rate_limit_rps
         self.rate_limiter = (RateLimiter(rate, self.settings.rate_limit_burst
                                          or max(1, round(2 * rate))) if rate > 0 else None)
@@ -113,9 +129,10 @@ class Runtime:
                 self._scorer = load_scorer(self.settings.scorer)
             except RouterError as exc:
                 raise ModelLoadError(f"response scorer: {exc}") from exc
-        version = self._alias_version() if self._alias else None
+        self.refresh_shadow()
+        version = self._alias_version(self._alias) if self._alias else None
         self._install(self._classifier_spec(version), version)
-        if self._alias and self.settings.reload_interval_s > 0:
+        if (self._alias or self._shadow_alias) and self.settings.reload_interval_s > 0:
             self._watcher = threading.Thread(target=self._watch, name="alias-watcher",
                                              daemon=True)
             self._watcher.start()
@@ -128,7 +145,7 @@ class Runtime:
         if self._alias is None:
             return False
         with self._reload_lock:
-            version = self._alias_version()
+            version = self._alias_version(self._alias)
             if version == self.model_version:
                 return False
             try:
@@ -154,15 +171,39 @@ class Runtime:
             return self.settings.classifier
         return f"models:/{self._alias.name}/{version}"  # pinned: the alias may move again
 
-    def _alias_version(self) -> str:
+    def refresh_shadow(self) -> bool:
+        """Load the challenger the shadow setting names when it is new (an alias that moved);
+        True when another challenger went live. Never raises: without a loadable challenger
+        the service keeps its current shadow (or none) and says why in the log."""
+        spec = self.settings.shadow_classifier
+        if spec is None or self.config is None:
+            return False
+        try:
+            version = self._alias_version(self._shadow_alias) if self._shadow_alias else spec
+            if version == self.shadow_version:
+                return False
+            load = (f"models:/{self._shadow_alias.name}/{version}" if self._shadow_alias
+                    else spec)
+            shadow = ShadowScorer(self._load(load), self.config)
+        except ModelLoadError as exc:
+            logger.warning("shadow classifier %s not loaded (serving without it): %s", spec, exc)
+            return False
+        previous, self.shadow, self.shadow_version = self.shadow, shadow, version
+        if self.policy is not None:
+            self.policy.shadow = shadow
+        if previous is not None and hasattr(previous.classifier, "close"):
+            previous.classifier.close()
+        logger.info("shadow classifier %s (%s) scores live traffic", shadow.version, load)
+        return True
+
+    def _alias_version(self, ref: AliasRef) -> str:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        assert self._alias is not None
         try:
-            found = MlflowClient().get_model_version_by_alias(self._alias.name, self._alias.alias)
+            found = MlflowClient().get_model_version_by_alias(ref.name, ref.alias)
         except MlflowException as exc:
-            raise ModelLoadError(f"{self.settings.classifier}: {exc}") from exc
+            raise ModelLoadError(f"models:/{ref.name}@{ref.alias}: {exc}") from exc
         return str(found.version)
 
     def _load(self, spec: str) -> TierClassifier:
@@ -188,10 +229,18 @@ class Runtime:
         assert self.config is not None and self._dispatcher is not None
         classifier = self._load(spec)
         cache, encoder = self._cache_for(classifier)
+        if self.monitor is not None:
+            try:
+                self.monitor.set_reference(classifier.meta.reference)
+            except DriftReferenceError as exc:  # read_meta validated it; belt and braces
+                raise ModelLoadError(f"tier classifier {spec}: {exc}") from exc
+            if classifier.meta.reference is None:
+                logger.warning("tier classifier %s carries no drift reference: the drift "
+                               "gauges stay NaN (re-run calibrate)", classifier.meta.version)
         previous_policy = self.policy
         self.policy = RouterPolicy(self.config, classifier, self._dispatcher,
                                    decision_log=self.decision_log, scorer=self._scorer,
-                                   cache=cache, encoder=encoder)
+                                   cache=cache, encoder=encoder, shadow=self.shadow)
         if previous_policy is not None and hasattr(previous_policy.classifier, "close"):
             # Requests still on the old policy finish unbatched; its model is freed after.
             previous_policy.classifier.close()
@@ -224,3 +273,4 @@ class Runtime:
                 self.reload()
             except ModelLoadError as exc:  # registry unreachable: keep serving, try again
                 logger.warning("alias check failed: %s", exc)
+            self.refresh_shadow()

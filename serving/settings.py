@@ -17,6 +17,9 @@ carries, so it serves with no MLflow store.
 - ``ROUTER_BATCH_MAX``: most texts in one classifier pass when concurrent requests are batched
   together (router/batching.py; 1 = every request alone) (32)
 - ``ROUTER_SCORER``: response scorer spec, or ``none`` (``models:/response-scorer@champion``)
+- ``ROUTER_SHADOW_CLASSIFIER``: a challenger that scores live traffic beside the serving
+  classifier without acting on it (shadow mode), e.g. ``models:/tier-classifier@challenger``;
+  an alias is followed like the serving one's (none)
 - ``MLFLOW_TRACKING_URI``: MLflow store for ``models:/`` specs (``sqlite:///mlruns/mlflow.db``)
 - ``ROUTER_RELOAD_INTERVAL_S``: seconds between alias checks, 0 = never (30)
 - ``ROUTER_API_KEYS``: file of ``<sha256 hex of key> <tenant>`` lines (none)
@@ -71,6 +74,7 @@ class ServiceSettings(BaseModel):
     breaker_failures: int = Field(default=3, ge=1)
     breaker_reset_s: float = Field(default=10.0, gt=0.0)
     scorer: str | None = "models:/response-scorer@champion"
+    shadow_classifier: str | None = None
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     reload_interval_s: float = Field(default=30.0, ge=0.0)
     api_keys: dict[str, str] = Field(default_factory=dict)  # sha256(key) -> tenant
@@ -104,6 +108,7 @@ class ServiceSettings(BaseModel):
                  "ROUTER_BREAKER_FAILURES": "breaker_failures",
                  "ROUTER_BREAKER_RESET_S": "breaker_reset_s",
                  "ROUTER_SCORER": "scorer", "MLFLOW_TRACKING_URI": "tracking_uri",
+                 "ROUTER_SHADOW_CLASSIFIER": "shadow_classifier",
                  "ROUTER_RELOAD_INTERVAL_S": "reload_interval_s",
                  "ROUTER_PROVIDER_BASE": "provider_base",
                  "ROUTER_RATE_LIMIT_RPS": "rate_limit_rps",
@@ -116,8 +121,9 @@ class ServiceSettings(BaseModel):
         for variable, name in names.items():
             if env.get(variable):
                 values[name] = env[variable]
-        if str(values.get("scorer", "")).lower() == "none":
-            values["scorer"] = None
+        for name in ("scorer", "shadow_classifier"):
+            if str(values.get(name, "")).lower() == "none":
+                values[name] = None
         keys: dict[str, str] = {}
         if env.get("ROUTER_API_KEYS"):
             keys.update(read_key_file(Path(env["ROUTER_API_KEYS"])))

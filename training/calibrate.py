@@ -10,9 +10,14 @@
    ``cost_budget`` x frontier-only cost. Infeasible targets fall back to the closest policy and
    say so.
 
+4. Reference distribution (drift monitoring, :mod:`router.monitor`): the calibrated model and
+   the fitted gate on a weighted sample of ``reference_rows`` train-fold rows (weights undo the
+   split's tail boost): confidence histogram, predicted-tier mix, gate escalation and override
+   rates.
+
 Output: ``models/calibrated/`` = the merged model plus ``router_model.json`` (version,
-temperature, bias, thresholds, max_length, how they were fitted) -- the deployable bundle the router
-loads -- and ``metrics/calibrate.json``.
+temperature, bias, thresholds, max_length, how they were fitted, reference) -- the deployable
+bundle the router loads -- and ``metrics/calibrate.json``.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ import pandas as pd
 
 from router.classifier import MODEL_META
 from router.config import RouterConfig, load_config
-from router.gate import Thresholds
+from router.gate import Thresholds, decide
+from router.monitor import reference_distribution
+from router.tiers import TIERS
 from training.params import CalibrateParams, load_params
-from training.paths import CALIBRATED, MERGED, VALIDATION, metrics_file
+from training.paths import CALIBRATED, MERGED, TRAIN, VALIDATION, metrics_file
 from training.scoring import (
     CALIBRATION_SOURCES,
     expected_calibration_error,
@@ -131,8 +138,24 @@ def calibrate(logits: np.ndarray, rows: pd.DataFrame, params: CalibrateParams,
                        validation=result, validation_ece=validation_ece)
 
 
-def write_bundle(merged: Path, out: Path, calibration: Calibration) -> dict:
-    """Copy the merged model to ``out`` and write its ``router_model.json``; returns the meta."""
+def reference(logits: np.ndarray, rows: pd.DataFrame, calibration: Calibration,
+              config: RouterConfig) -> dict:
+    """The drift reference of the calibrated model. ``logits``: (n, 3) raw logits of ``rows``
+    (a train-fold sample with its ``weight`` and ``text`` columns)."""
+    probs = softmax(logits, calibration.temperature, calibration.bias)
+    thresholds = Thresholds(calibration.escalate, calibration.trust, "calibrate")
+    overridden = overridden_rows(rows["text"].tolist(), config)
+    # An overridden request never reaches the gate (router.policy), so it is not escalated.
+    escalated = np.array([decide(dict(zip(TIERS, p, strict=True)), thresholds).action
+                          == "escalate" for p in probs]) & ~overridden
+    return reference_distribution(probs, rows["weight"].to_numpy(), escalated, overridden,
+                                  source=f"train fold, {len(rows)} rows sampled, weighted")
+
+
+def write_bundle(merged: Path, out: Path, calibration: Calibration,
+                 drift_reference: dict | None = None) -> dict:
+    """Copy the merged model to ``out`` and write its ``router_model.json``; returns the meta.
+    The version names the fitted values only: the reference describes, it does not fit."""
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(merged, out)
@@ -145,6 +168,8 @@ def write_bundle(merged: Path, out: Path, calibration: Calibration) -> dict:
             "version": f"{previous.get('version', merged.name)}-cal{digest}",
             "calibration": {"method": calibration.method, "objective": calibration.objective,
                             "feasible": calibration.feasible, "rows": calibration.rows}}
+    if drift_reference is not None:
+        meta["reference"] = drift_reference
     (out / MODEL_META).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -160,7 +185,12 @@ def main() -> None:
     except ValueError as exc:
         logger.error("calibrate: %s", exc)
         sys.exit(1)
-    meta = write_bundle(MERGED, CALIBRATED, calibration)
+    train = pd.read_parquet(TRAIN, columns=["text", "weight"])
+    sample = train.sample(min(params.calibrate.reference_rows, len(train)),
+                          random_state=params.calibrate.reference_seed)
+    drift_reference = reference(model_logits(MERGED, sample["text"].tolist()), sample,
+                                calibration, config)
+    meta = write_bundle(MERGED, CALIBRATED, calibration, drift_reference)
     METRICS.parent.mkdir(parents=True, exist_ok=True)
     METRICS.write_text(json.dumps({**asdict(calibration), "version": meta["version"]},
                                   indent=2) + "\n")

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from router.telemetry import (
+    VERSION_TABLE,
     DecisionLog,
     DecisionRecord,
     RouterMetrics,
@@ -48,7 +49,11 @@ def full_record(n: int = 0, **changes: Any) -> DecisionRecord:
                     "dispatch": 1_480.5, "total": 1_493.1},
         status="ok", error=None, model_version="v3", cache_status="miss",
         cache_similarity=0.912_345_678_9, feedback=None,
-        extra={"escalation_reason": "cascade", "ab": {"variant": "b", "weights": [1, 2.5]}})
+        extra={"escalation_reason": "cascade", "ab": {"variant": "b", "weights": [1, 2.5]}},
+        variant="escalate-0.65",
+        shadow={"model_version": "v4", "predicted_tier": "simple", "confidence": 0.71,
+                "gate_action": "route", "target_tier": "simple",
+                "scores": {"simple": 0.71, "medium": 0.2, "critical": 0.09}})
     return dataclasses.replace(rec, **changes)
 
 
@@ -57,9 +62,12 @@ def sqlite_url(tmp_path: Path, query: str = "") -> str:
 
 
 def fresh_pg_url(server: PostgresServer) -> str:
-    """The server's database with no ``decisions`` table (tests share the cluster)."""
+    """The server's database with no ``decisions`` table nor its schema version (tests share
+    the cluster)."""
     engine = create_engine(server.url)
     metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
     engine.dispose()
     return server.url
 
@@ -104,10 +112,20 @@ def test_record_to_row_from_row_is_lossless() -> None:
     assert DecisionRecord.from_row(rec.to_row()) == rec
     row = rec.to_row()
     row["scores"]["simple"] = 1.0  # a deep copy: the record is not changed
+    row["shadow"]["scores"]["simple"] = 1.0
     assert rec.scores["simple"] == 0.125
+    assert rec.shadow is not None and rec.shadow["scores"]["simple"] == 0.71
     minimal = DecisionRecord(request_id="r", tenant="t", text_hash="h", requested_model="auto")
     assert minimal.created_at.tzinfo is not None
+    assert minimal.to_row()["shadow"] is None and minimal.to_row()["variant"] is None
     assert DecisionRecord.from_row({**minimal.to_row(), "id": 7, "unknown_column": 1}) == minimal
+    # A NULL shadow stays None (it is optional, unlike the other JSON fields).
+    assert DecisionRecord.from_row({**rec.to_row(), "shadow": None}).shadow is None
+    # A spill line written before variant and shadow existed still reads.
+    old_line = json.loads(json.dumps({k: v for k, v in rec.to_row().items()
+                                      if k not in ("variant", "shadow")}, default=str))
+    assert DecisionRecord.from_row(old_line) == dataclasses.replace(rec, variant=None,
+                                                                     shadow=None)
     with pytest.raises(ValueError, match="timezone-aware"):
         DecisionRecord(request_id="r", tenant="t", text_hash="h", requested_model="auto",
                        created_at=datetime(2025, 1, 1))
@@ -219,7 +237,8 @@ def test_sqlite_file_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     indexes = {tuple(ix["column_names"]): ix["unique"]
                for ix in inspect(engine).get_indexes("decisions")}
     engine.dispose()
-    assert indexes == {("request_id",): True, ("created_at",): False, ("tenant",): False}
+    assert indexes == {("request_id",): True, ("created_at",): False, ("tenant",): False,
+                       ("variant",): False}
 
 
 def test_in_memory_sqlite_is_shared_with_the_writer(spill: Path) -> None:
