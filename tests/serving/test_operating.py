@@ -99,6 +99,15 @@ def test_shadow_and_ab_split_are_recorded_and_reported(operated: ServiceProcess)
     assert judged["verdict"].startswith("fitted is better than escalate-all on "
                                         "cost_per_task_usd, escalation_rate")
     assert "quality: not enough data" in judged["verdict"]  # nobody rated an answer
+    # Offline: the same logged traffic gated again under each arm (the control arm takes the
+    # champion's fitted thresholds, hence --model).
+    replayed = _cli("ab", "replay", "--config", config, "--db", db, "--model",
+                    f"models:/{MODEL}@champion", "--tracking-uri",
+                    operated.tracking_uri)["variants"]  # type: ignore[attr-defined]
+    assert replayed["fitted"]["gate_escalation_rate"] == 0.0
+    assert replayed["escalate-all"]["gate_escalation_rate"] == 1.0
+    assert (replayed["escalate-all"]["est_cost_per_task_usd"]
+            > replayed["fitted"]["est_cost_per_task_usd"])
     shadow = _cli("shadow", "report", "--config", config, "--db", db)["all"]
     escalate_share = sum(r.variant == "escalate-all" for r in mine) / len(mine)
     assert shadow["agreement"] == pytest.approx(escalate_share, abs=0.1)
