@@ -81,7 +81,9 @@ class Runtime:
         self.rate_limiter: RateLimiter | None = None
         self._dispatcher: Dispatcher | None = None
         self._scorer: ResponseScorer | None = None
-        self._caches: list[SemanticCache] = []
+        # One cache per embedding space (encoder name), reused when a version comes back (a
+        # rollback): two objects persisting to one folder would overwrite each other.
+        self._caches: dict[str, SemanticCache] = {}
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._reload_lock = threading.Lock()
@@ -161,7 +163,7 @@ class Runtime:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
-        for cache in self._caches:
+        for cache in self._caches.values():
             cache.close()
         if self.decision_log is not None:
             self.decision_log.close()
@@ -259,12 +261,14 @@ class Runtime:
                 encoder, own = SharedPassEncoder(classifier), None
             else:
                 encoder = own = MiniLMEncoder()
-            root = Path(self.settings.cache_dir or self.config.cache.path)
-            cache = create_cache(self.config.cache, encoder,
-                                 path=str(root / encoder.name.replace(":", "-")))
+            cache = self._caches.get(encoder.name)
+            if cache is None:
+                root = Path(self.settings.cache_dir or self.config.cache.path)
+                cache = create_cache(self.config.cache, encoder,
+                                     path=str(root / encoder.name.replace(":", "-")))
         except (CacheError, EncoderError) as exc:
             raise ModelLoadError(f"cache: {exc}") from exc
-        self._caches.append(cache)
+        self._caches[encoder.name] = cache
         return cache, own
 
     def _watch(self) -> None:

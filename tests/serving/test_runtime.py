@@ -1,0 +1,26 @@
+"""The serving runtime in-process: one cache per embedding space, kept across model swaps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from serving.runtime import Runtime
+from serving.settings import ServiceSettings
+
+
+def test_a_version_that_comes_back_gets_its_own_cache_again(tiny_bert_dir: Path,
+                                                            tmp_path: Path) -> None:
+    settings = ServiceSettings(classifier=str(tiny_bert_dir), scorer=None,
+                               reload_interval_s=0, cache_dir=str(tmp_path / "cache"),
+                               decision_log_url=f"sqlite:///{tmp_path / 'd.sqlite'}",
+                               decision_spill_path=tmp_path / "spill.jsonl")
+    runtime = Runtime(settings).start()
+    try:
+        first = runtime.policy
+        assert first is not None and first.cache is not None
+        runtime._install(str(tiny_bert_dir), None)  # the same version again (a rollback)
+        assert runtime.policy is not first
+        assert runtime.policy.cache is first.cache  # one object per embedding space
+        assert len(runtime._caches) == 1
+    finally:
+        runtime.close()
