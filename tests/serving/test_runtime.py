@@ -1,7 +1,9 @@
-"""The serving runtime in-process: one cache per embedding space, kept across model swaps."""
+"""The serving runtime in-process: one cache per embedding space, kept across model swaps; a
+challenger that appears after start."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from serving.runtime import Runtime
@@ -22,5 +24,24 @@ def test_a_version_that_comes_back_gets_its_own_cache_again(tiny_bert_dir: Path,
         assert runtime.policy is not first
         assert runtime.policy.cache is first.cache  # one object per embedding space
         assert len(runtime._caches) == 1
+    finally:
+        runtime.close()
+
+
+def test_a_missing_challenger_is_picked_up_once_it_exists(tiny_bert_dir: Path,
+                                                          tmp_path: Path) -> None:
+    challenger = tmp_path / "challenger"
+    settings = ServiceSettings(classifier=str(tiny_bert_dir), scorer=None,
+                               shadow_classifier=str(challenger), reload_interval_s=0,
+                               cache_dir=str(tmp_path / "cache"),
+                               decision_log_url=f"sqlite:///{tmp_path / 'd.sqlite'}",
+                               decision_spill_path=tmp_path / "spill.jsonl")
+    runtime = Runtime(settings).start()  # starts without it: serving matters more
+    try:
+        assert runtime.ready and runtime.shadow is None
+        shutil.copytree(tiny_bert_dir, challenger)
+        assert runtime.refresh_shadow() is True
+        assert runtime.policy is not None and runtime.policy.shadow is runtime.shadow
+        assert runtime.refresh_shadow() is False  # nothing new
     finally:
         runtime.close()
