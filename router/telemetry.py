@@ -327,6 +327,15 @@ class RouterMetrics:
         self.decision_log_spilled = Counter("tier_router_decision_log_spilled_total",
                                             "Decision records written to the spill file",
                                             registry=r)
+        self.shadow = Counter("tier_router_shadow_total",
+                              "Requests the shadow challenger scored, by agreement with the "
+                              "live target tier", ["agrees"], registry=r)
+        self.shadow_escalations = Counter("tier_router_shadow_escalations_total",
+                                          "Requests the shadow challenger's gate would have "
+                                          "escalated", registry=r)
+        self.shadow_cost_usd = Counter("tier_router_shadow_est_cost_usd_total",
+                                       "Estimated cost at the live and the would-be tier, USD",
+                                       ["which"], registry=r)
 
     def observe(self, rec: DecisionRecord) -> None:
         """Count one finished request. Cheap; safe from any thread."""
@@ -358,6 +367,18 @@ class RouterMetrics:
                 self.step_latency.labels(step=step).observe(seconds)
         if rec.cache_status is not None:
             self.cache_requests.labels(status=rec.cache_status).inc()
+        if rec.shadow and "error" not in rec.shadow:
+            self._observe_shadow(rec.shadow)
+
+    def _observe_shadow(self, shadow: Mapping[str, Any]) -> None:
+        """The challenger's would-be decision (router.shadow): agreement, escalation, cost."""
+        self.shadow.labels(agrees=str(bool(shadow.get("agrees"))).lower()).inc()
+        if shadow.get("gate_action") == "escalate":
+            self.shadow_escalations.inc()
+        for which, key in (("live", "live_est_cost_usd"), ("would_be", "est_cost_usd")):
+            cost = shadow.get(key)
+            if isinstance(cost, int | float) and math.isfinite(cost) and cost >= 0:
+                self.shadow_cost_usd.labels(which=which).inc(cost)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""

@@ -115,6 +115,8 @@ def test_shadow_and_ab_split_are_recorded_and_reported(operated: ServiceProcess)
     metrics = httpx.get(f"{operated.root}/metrics").text
     assert "tier_router_window_escalation_rate" in metrics
     assert "tier_router_window_confidence_psi" in metrics
+    assert 'tier_router_shadow_total{agrees="false"}' in metrics
+    assert 'tier_router_shadow_est_cost_usd_total{which="would_be"}' in metrics
     # The same figures from the log, judged by the alert rules; the escalate-all arm pushes
     # the escalation rate far above DESIGN's 5% (the tiny models carry no drift reference).
     watched = _cli("monitor", "--config", config, "--db", db, "--window", "1000",
