@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -50,23 +49,14 @@ def _config(path: Path) -> Any:
 
 def _records(config: Any, db: str | None, since: str | None, until: str | None) -> list[Any]:
     """Decision records created in [since, until), oldest first (``DecisionRecord`` list)."""
-    from sqlalchemy import select
     from sqlalchemy.exc import SQLAlchemyError
 
     from ops.logs import LogUpkeepError, _require_head
-    from router.telemetry import DecisionRecord, brief_error, decisions
+    from router.telemetry import DecisionRecord, brief_error, window_query
 
-    url = db or config.decision_log.url
-    engine = _open(url, "--db")
-    bounds: dict[str, datetime] = {}
-    for name, value in (("--since", since), ("--until", until)):
-        if value is not None:
-            bounds[name] = _time(name, value)
-    query = select(decisions).order_by(decisions.c.created_at, decisions.c.id)
-    if "--since" in bounds:
-        query = query.where(decisions.c.created_at >= bounds["--since"])
-    if "--until" in bounds:
-        query = query.where(decisions.c.created_at < bounds["--until"])
+    query = window_query(since=_time("--since", since) if since is not None else None,
+                         until=_time("--until", until) if until is not None else None)
+    engine = _open(db or config.decision_log.url, "--db")
     try:
         _require_head(engine)
         with engine.connect() as conn:

@@ -34,7 +34,7 @@ from sqlalchemy import (
 
 from router.config import DecisionLogRetention
 from router.errors import RouterError
-from router.telemetry import decisions, schema_head, schema_revision
+from router.telemetry import decisions, schema_head, schema_revision, window_query
 
 logger = logging.getLogger(__name__)
 
@@ -184,11 +184,7 @@ def _atomic_file(out: Path) -> Iterator[IO[bytes]]:
 def _batches(engine: Engine, since: datetime, until: datetime,
              tenant: str | None) -> Iterator[list[Mapping[str, Any]]]:
     """The window's rows, oldest first, ``EXPORT_BATCH_ROWS`` at a time."""
-    query = (select(decisions)
-             .where(decisions.c.created_at >= since, decisions.c.created_at < until)
-             .order_by(decisions.c.created_at, decisions.c.id))
-    if tenant is not None:
-        query = query.where(decisions.c.tenant == tenant)
+    query = window_query(since=since, until=until, tenant=tenant)
     with engine.connect() as conn:
         # stream_results: a server-side cursor on PostgreSQL, so a long window is not fetched
         # whole into memory.

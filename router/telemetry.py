@@ -57,6 +57,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     Text,
@@ -408,6 +409,24 @@ def brief_error(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     text = str(orig) if orig is not None else str(exc).split("\n[SQL:", 1)[0]
     return f"{type(orig or exc).__name__}: {' '.join(text.split())}"
+
+
+def window_query(*, since: datetime | None = None, until: datetime | None = None,
+                 tenant: str | None = None) -> Select[Any]:
+    """The ``decisions`` rows with ``since <= created_at < until`` (either open; tz-aware) and
+    ``tenant`` (None: all), oldest first: what :meth:`DecisionLog.read`, the reports and the
+    export read. A naive bound is a ``ValueError``."""
+    query = select(decisions).order_by(decisions.c.created_at, decisions.c.id)
+    for name, bound in (("since", since), ("until", until)):
+        if bound is not None and bound.tzinfo is None:
+            raise ValueError(f"{name} must be timezone-aware, got {bound!r}")
+    if since is not None:
+        query = query.where(decisions.c.created_at >= since)
+    if until is not None:
+        query = query.where(decisions.c.created_at < until)
+    if tenant is not None:
+        query = query.where(decisions.c.tenant == tenant)
+    return query
 
 
 def _create_engine(url: str) -> tuple[Engine, bool]:
@@ -765,16 +784,7 @@ class DecisionLog:
 
         Reads only what is written: call :meth:`flush` first for the records just recorded.
         """
-        query = select(decisions).order_by(decisions.c.created_at, decisions.c.id)
-        for name, bound in (("since", since), ("until", until)):
-            if bound is not None and bound.tzinfo is None:
-                raise ValueError(f"{name} must be timezone-aware, got {bound!r}")
-        if since is not None:
-            query = query.where(decisions.c.created_at >= since)
-        if until is not None:
-            query = query.where(decisions.c.created_at < until)
-        if tenant is not None:
-            query = query.where(decisions.c.tenant == tenant)
+        query = window_query(since=since, until=until, tenant=tenant)
         with self._db_lock, self._engine.connect() as conn:
             return [DecisionRecord.from_row(row) for row in conn.execute(query).mappings()]
 
