@@ -21,6 +21,7 @@ import pytest
 
 from router.config import RouterConfig, load_config
 from serving.processes import ServerProcess, free_port
+from tests.router.pg import fresh_pg_url, postgres_server, sqlite_url  # noqa: F401  (fixture)
 from workloads import Workload, load_workload
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,6 +116,20 @@ def failures(simulator: SimulatorProcess) -> Iterator:
         httpx.put(f"{simulator.root}/sim/failures", json={"specs": list(specs)}).raise_for_status()
     yield set_plan
     set_plan()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty decision-log database: a SQLite file, then the throwaway PostgreSQL."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path)
+    return fresh_pg_url(request.getfixturevalue("postgres_server"))
+
+
+@pytest.fixture
+def spill(tmp_path: Path) -> Path:
+    """Where a test's decision log spills."""
+    return tmp_path / "spill" / "decisions.spill.jsonl"
 
 
 @pytest.fixture(scope="session")

@@ -22,20 +22,12 @@ from router.config import parse_config
 from router.errors import ConfigError
 from router.telemetry import DecisionLog, DecisionRecord, create_log_engine, decisions
 from tests.conftest import CONFIG_PATH
-from tests.router.pg import postgres_server  # noqa: F401  (fixture)
-from tests.router.test_telemetry import T0, fresh_pg_url, full_record, sqlite_url
+from tests.router.pg import sqlite_url
+from tests.router.test_telemetry import T0, full_record
 
 NOW = T0 + timedelta(days=40)
 JSON_COLUMNS = ("scores", "thresholds", "deployments_tried", "fallbacks", "latency_ms", "extra",
                 "shadow")
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database: a SQLite file, then the throwaway PostgreSQL."""
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path)
-    return fresh_pg_url(request.getfixturevalue("postgres_server"))
 
 
 def write_config(tmp_path: Path, retention: dict[str, Any], url: str | None = None) -> Path:

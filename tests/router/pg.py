@@ -20,8 +20,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import create_engine, text
 
-from tests.conftest import free_port
+from router.telemetry import VERSION_TABLE, metadata
+from serving.processes import free_port
 
 PG_BIN_DIRS = (Path("/usr/lib/postgresql/15/bin"),)
 DATABASE = "decisions"
@@ -120,3 +122,19 @@ def postgres_server() -> Iterator[PostgresServer]:
             with contextlib.suppress(subprocess.SubprocessError):
                 server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def sqlite_url(tmp_path: Path, query: str = "") -> str:
+    """A decision log's SQLite URL under ``tmp_path/var`` (the folder is not created)."""
+    return f"sqlite:///{tmp_path / 'var' / 'decisions.sqlite'}{query}"
+
+
+def fresh_pg_url(server: PostgresServer) -> str:
+    """The server's database with no ``decisions`` table nor its schema version (tests share
+    the cluster)."""
+    engine = create_engine(server.url)
+    metadata.drop_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
+    engine.dispose()
+    return server.url

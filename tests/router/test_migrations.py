@@ -32,8 +32,8 @@ from router.telemetry import (
     migrate_schema,
     schema_head,
 )
-from tests.router.pg import postgres_server  # noqa: F401  (fixture)
-from tests.router.test_telemetry import T0, fresh_pg_url, full_record, sqlite_url
+from tests.router.pg import sqlite_url
+from tests.router.test_telemetry import T0, full_record
 
 # A frozen copy of the table as ``metadata.create_all`` made it before migrations existed
 # (revision 0001), with the index names create_all gave it. Never change it.
@@ -77,22 +77,9 @@ OLD_DECISIONS = sa.Table(
 NEW_COLUMNS = ("variant", "shadow")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty database: a SQLite file, then the throwaway PostgreSQL."""
-    if request.param == "sqlite":
-        (tmp_path / "var").mkdir()
-        return sqlite_url(tmp_path)
-    return fresh_pg_url(request.getfixturevalue("postgres_server"))
-
-
 @pytest.fixture
-def spill(tmp_path: Path) -> Path:
-    return tmp_path / "spill" / "decisions.spill.jsonl"
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[sa.Engine]:
+def engine(db_url: str, tmp_path: Path) -> Iterator[sa.Engine]:
+    (tmp_path / "var").mkdir(exist_ok=True)  # a SQLite file's folder: made before connecting
     eng = sa.create_engine(db_url)
     yield eng
     eng.dispose()

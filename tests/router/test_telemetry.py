@@ -14,17 +14,15 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect
 
 from router.telemetry import (
-    VERSION_TABLE,
     DecisionLog,
     DecisionRecord,
     RouterMetrics,
     hash_text,
-    metadata,
 )
-from tests.router.pg import PostgresServer, postgres_server  # noqa: F401  (fixture)
+from tests.router.pg import PostgresServer, fresh_pg_url, sqlite_url
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -55,34 +53,6 @@ def full_record(n: int = 0, **changes: Any) -> DecisionRecord:
                 "gate_action": "route", "target_tier": "simple",
                 "scores": {"simple": 0.71, "medium": 0.2, "critical": 0.09}})
     return dataclasses.replace(rec, **changes)
-
-
-def sqlite_url(tmp_path: Path, query: str = "") -> str:
-    return f"sqlite:///{tmp_path / 'var' / 'decisions.sqlite'}{query}"
-
-
-def fresh_pg_url(server: PostgresServer) -> str:
-    """The server's database with no ``decisions`` table nor its schema version (tests share
-    the cluster)."""
-    engine = create_engine(server.url)
-    metadata.drop_all(engine)
-    with engine.begin() as conn:
-        conn.execute(text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
-    engine.dispose()
-    return server.url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """An empty decision-log database: a SQLite file, then the throwaway PostgreSQL."""
-    if request.param == "sqlite":
-        return sqlite_url(tmp_path)
-    return fresh_pg_url(request.getfixturevalue("postgres_server"))
-
-
-@pytest.fixture
-def spill(tmp_path: Path) -> Path:
-    return tmp_path / "spill" / "decisions.spill.jsonl"
 
 
 @pytest.fixture
@@ -321,7 +291,7 @@ def test_flush_times_out_while_the_database_is_busy(tmp_path: Path, spill: Path)
 
 
 def test_postgres_outage_spills_then_recovers_by_itself(
-        postgres_server: PostgresServer, spill: Path) -> None:  # noqa: F811
+        postgres_server: PostgresServer, spill: Path) -> None:
     metrics = RouterMetrics()
     log = DecisionLog(fresh_pg_url(postgres_server), metrics=metrics, spill_path=spill,
                       max_retries=1)

@@ -17,7 +17,7 @@ from router.telemetry import DecisionLog
 from serving.settings import hash_key
 from tests import openai_spec
 from tests.conftest import REPO, ServiceProcess, SimulatorProcess
-from tests.router.pg import PostgresServer, postgres_server  # noqa: F401  (fixture)
+from tests.router.pg import PostgresServer
 
 KEY_A, KEY_B = "sk-test-tenant-a-0123456789", "sk-test-tenant-b-9876543210"
 MODEL = "tier-classifier"
@@ -404,7 +404,7 @@ def test_401_403_429_are_distinct(limited_service: ServiceProcess) -> None:
 
 
 def test_database_outage_loses_no_decision(registry: Registry, simulator: SimulatorProcess,
-                                           postgres_server: PostgresServer) -> None:  # noqa: F811
+                                           postgres_server: PostgresServer) -> None:
     """The service on PostgreSQL: the database goes down mid-traffic, every request is still
     answered, the records wait in the spill file, and once it is back rows == requests."""
     from sqlalchemy import create_engine
