@@ -1,128 +1,214 @@
-"""Routing approaches replayed over observed per-tier outcomes, their curves and AIQ.
+"""Routing approaches replayed over observed per-tier outcomes, their val-fixed curves and AIQ.
 
 Input: :class:`Observations` -- for each row, what the real request path returned when the row
-was sent to each tier (cost, modelled provider latency, recorded correctness, the response
-scorer's score) plus the classifier's calibrated probabilities and the router's own overhead.
-Every approach below is then a choice of tiers per row; cost, latency and quality add up from the
-observations. The cascade uses :mod:`router.cascade`'s rules and the gate
-:func:`router.gate.decide`'s (vectorised here; a test holds the two equal).
+was sent to each tier (recorded cost, modelled provider latency, recorded correctness, the
+response scorer's score), plus what the router decided from before any call (per-tier
+P(acceptable), expected prices, allowed tiers, the override) and its own overhead.
 
-Curves: each approach's knob is swept; the curve is the upper hull of its (cost, quality) points
-together with the cheapest single tier and frontier-only (any router can be configured down to
-either), non-decreasing in cost. AIQ (RouterBench's average improvement in quality) is the area
-under that curve over [cheapest single tier's cost, frontier-only's cost] divided by the width.
+Every approach that involves the decision rule is :func:`router.gate.replay` over those inputs:
+the bench holds no second copy of the rule, the gate or the cascade. What a replay *calls* is
+then charged at what each call recorded (LiteLLM's ``response_cost``), never at the expected
+prices the decision weighed: through ``tier_map``, so on two-tier data asking ``medium`` is
+answered by ``critical`` at critical's recorded cost and outcome.
+
+Curves (the outside study's "AIQ (val-fixed)", ``../shared/research/routing_signals.md``): an
+approach's knob is swept on a fixed grid on the *validation* rows; the settings on the upper
+(concave, non-decreasing) envelope of the validation (cost, quality) points are kept; the test
+curve is the linear interpolation through the kept settings' *test* points, plus the cheapest
+single tier and frontier-only (no envelope on test: a test envelope picks up noise). AIQ
+(RouterBench's average improvement in quality) is the area under that curve over [cheapest single
+tier's cost, frontier-only's cost] divided by the width; differences and their intervals come
+from a paired bootstrap over test rows with the kept settings held fixed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from router.cascade import next_tier
+from router.gate import CascadeRun, CheckStats, OperatingPoint, replay
 from router.tiers import TIERS
 
 TOP = len(TIERS) - 1
-ROUTE, CASCADE, ESCALATE = 0, 1, 2
+MEDIUM = TIERS.index("medium")
+# Bumped whenever the arrays' meaning changes; an .npz of another format is refused (format 1:
+# ``probs`` was a distribution over "which tier", with no expected prices or allowed tiers;
+# format 2: no check statistics).
+OBSERVATIONS_FORMAT = 3
+
+
+class ObservationsError(ValueError):
+    """An observations file this bench cannot use (another format, missing arrays)."""
 
 
 @dataclass
 class Observations:
-    """Per row ``i`` and tier ``j`` (TIERS order): what the request path observed.
+    """Per row ``i`` and tier ``j`` (TIERS order): what the router decided and what each tier
+    answered. Shapes: n rows, 3 tiers.
 
-    ``correct[i, j]``: recorded correctness of tier j's answer (1/0; NaN = unknown).
-    ``cost[i, j]`` USD; ``latency_ms[i, j]`` modelled provider latency; ``scores[i, j]`` the
-    response scorer's P(correct) of that answer (NaN = not scored). ``tier_map[i, j]``: the tier
-    that actually answers row i when j is asked (two-tier data maps medium to critical).
-    ``probs`` (n, 3) calibrated classifier probabilities; ``overridden`` (n,) a domain rule fired;
-    ``overhead_ms`` (n,) the router's own time (normalise, overrides, classify, gate).
+    Decision inputs, from :meth:`router.policy.RouterPolicy.decide` (``RouteDecision``):
+    ``p`` (n, 3) the classifier's calibrated P(tier j's answer is acceptable) -- one probability
+    per tier, *not* a distribution (rows need not sum to 1); ``prices`` (n, 3) expected USD at
+    each tier (:mod:`router.pricing`); ``allowed`` (n, 3) bool, the tiers with evidence in the
+    row's neighbourhood; ``forced`` (n,) int, the tier a domain override sends the row to (-1:
+    none); ``check_*``: the decision's :class:`router.gate.CheckStats` -- ``check_thresholds``
+    (T,), ``check_tpr`` / ``check_fpr`` (n, T, 3), ``check_rwr`` / ``check_rww`` (n, 3, 3),
+    ``checkable`` (n,) --, empty / False where the classifier has none.
+
+    Observed per call, over HTTP through LiteLLM to the simulator: ``cost`` (n, 3) recorded USD
+    (``response_cost``); ``latency_ms`` (n, 3) modelled provider latency; ``correct`` (n, 3)
+    recorded correctness (1/0, NaN unknown); ``scores`` (n, 3) the response scorer's
+    P(acceptable) of that answer (NaN: not scored). ``tier_map`` (n, 3) int: the tier that
+    answers row i when j is asked (two-tier data maps medium to critical); a mapped column holds
+    a copy of the answering tier's observation and is never read through ``j`` itself.
+    ``overhead_ms`` (n,) the router's own time; ``scorer_ms`` one check's time; ``models`` the
+    classifier and scorer versions that made these observations.
     """
 
     ids: list[str]
     categories: list[str]
-    probs: np.ndarray
-    overridden: np.ndarray
+    p: np.ndarray
+    prices: np.ndarray
+    allowed: np.ndarray
+    forced: np.ndarray
     overhead_ms: np.ndarray
     correct: np.ndarray
     cost: np.ndarray
     latency_ms: np.ndarray
     scores: np.ndarray
     tier_map: np.ndarray | None = None  # (n, 3) int; None: every tier answers for itself
-    scorer_ms: float = 0.0  # the response scorer's time per (prompt, response) pair
+    scorer_ms: float = 0.0
+    models: str = ""
+    check_thresholds: np.ndarray | None = None
+    check_tpr: np.ndarray | None = None
+    check_fpr: np.ndarray | None = None
+    check_rwr: np.ndarray | None = None
+    check_rww: np.ndarray | None = None
+    checkable: np.ndarray | None = None
+
+    ARRAYS = ("p", "prices", "allowed", "forced", "overhead_ms", "correct", "cost",
+              "latency_ms", "scores", "tier_map", "check_thresholds", "check_tpr",
+              "check_fpr", "check_rwr", "check_rww", "checkable")
 
     def __post_init__(self) -> None:
+        n = len(self.ids)
         if self.tier_map is None:
-            self.tier_map = np.tile(np.arange(len(TIERS)), (len(self.ids), 1))
-        elif self.tier_map.ndim == 1:
-            self.tier_map = np.tile(self.tier_map, (len(self.ids), 1))
+            self.tier_map = np.tile(np.arange(len(TIERS)), (n, 1))
+        elif np.ndim(self.tier_map) == 1:
+            self.tier_map = np.tile(self.tier_map, (n, 1))
+        self.tier_map = np.asarray(self.tier_map, dtype=int)
+        self.allowed = np.asarray(self.allowed, dtype=bool)
+        self.forced = np.asarray(self.forced, dtype=int)
+        k = len(TIERS)
+        if self.check_thresholds is None:
+            self.check_thresholds = np.zeros(0)
+        t = len(self.check_thresholds)
+        for name, shape in (("check_tpr", (n, t, k)), ("check_fpr", (n, t, k)),
+                            ("check_rwr", (n, k, k)), ("check_rww", (n, k, k))):
+            if getattr(self, name) is None:
+                setattr(self, name, np.full(shape, np.nan))
+        if self.checkable is None:
+            self.checkable = np.zeros(n, dtype=bool)
+        self.checkable = np.asarray(self.checkable, dtype=bool)
+        for name in ("p", "prices", "allowed", "correct", "cost", "latency_ms", "scores",
+                     "tier_map"):
+            if np.shape(getattr(self, name)) != (n, len(TIERS)):
+                raise ObservationsError(f"observations: {name} must be ({n}, {len(TIERS)}), "
+                                        f"got {np.shape(getattr(self, name))}")
+        for name in ("forced", "overhead_ms"):
+            if np.shape(getattr(self, name)) != (n,):
+                raise ObservationsError(f"observations: {name} must be ({n},), got "
+                                        f"{np.shape(getattr(self, name))}")
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def check(self) -> CheckStats | None:
+        """The decisions' check statistics (None: the classifier had none)."""
+        if len(self.check_thresholds) == 0:
+            return None
+        return CheckStats(np.asarray(self.check_thresholds, dtype=float),
+                          np.nan_to_num(self.check_tpr), np.nan_to_num(self.check_fpr),
+                          np.nan_to_num(self.check_rwr), np.nan_to_num(self.check_rww),
+                          self.checkable)
+
+    @property
+    def overridden(self) -> np.ndarray:
+        """(n,) bool: a domain override fired."""
+        return self.forced >= 0
+
     def mapped(self, tiers: np.ndarray) -> np.ndarray:
         """The tier that answers each row when ``tiers`` (n,) are asked."""
         return self.tier_map[np.arange(len(self.ids)), tiers]
-
-    ARRAYS = ("probs", "overridden", "overhead_ms", "correct", "cost", "latency_ms", "scores",
-              "tier_map")
-
-    def save(self, path: Path) -> None:
-        """One ``.npz`` holding every array plus the row ids and categories."""
-        np.savez_compressed(path, ids=np.array(self.ids), categories=np.array(self.categories),
-                            scorer_ms=np.array(self.scorer_ms),
-                            **{name: getattr(self, name) for name in self.ARRAYS})
-
-    @classmethod
-    def load(cls, path: Path) -> Observations:
-        with np.load(path, allow_pickle=False) as data:
-            return cls(ids=data["ids"].tolist(), categories=data["categories"].tolist(),
-                       scorer_ms=float(data["scorer_ms"]),
-                       **{name: data[name] for name in cls.ARRAYS})
 
     @property
     def tiers(self) -> list[int]:
         """The distinct tiers that answer in this workload (cheapest first)."""
         return sorted(set(self.tier_map.ravel().tolist()))
 
+    def save(self, path: Path) -> None:
+        """One ``.npz`` holding every array, the row ids and categories and the format."""
+        np.savez_compressed(path, format=np.array(OBSERVATIONS_FORMAT), ids=np.array(self.ids),
+                            categories=np.array(self.categories),
+                            scorer_ms=np.array(self.scorer_ms), models=np.array(self.models),
+                            **{name: getattr(self, name) for name in self.ARRAYS})
+
+    @classmethod
+    def load(cls, path: Path) -> Observations:
+        """Read :meth:`save`'s file; raises :class:`ObservationsError` for another format."""
+        with np.load(path, allow_pickle=False) as data:
+            found = int(data["format"]) if "format" in data.files else 1
+            if found != OBSERVATIONS_FORMAT:
+                raise ObservationsError(
+                    f"{path}: observations in format {found}; this bench reads format "
+                    f"{OBSERVATIONS_FORMAT} (per-tier P(acceptable), expected prices and allowed "
+                    f"tiers from the decision): delete the file to observe again")
+            missing = [k for k in ("ids", "categories", "scorer_ms", "models", *cls.ARRAYS)
+                       if k not in data.files]
+            if missing:
+                raise ObservationsError(f"{path}: lacks {missing}; delete it to observe again")
+            return cls(ids=data["ids"].tolist(), categories=data["categories"].tolist(),
+                       scorer_ms=float(data["scorer_ms"]), models=str(data["models"]),
+                       **{name: data[name] for name in cls.ARRAYS})
+
 
 @dataclass
 class Run:
-    """What one approach did to each row: arrays of shape (n,)."""
+    """What one approach did to each row: arrays of shape (n,), floats (mixtures give
+    fractions: the expected value over the mixture's draw)."""
 
-    cost: np.ndarray
-    latency_ms: np.ndarray
-    correct: np.ndarray  # expected correctness in [0, 1] (mixtures give fractions)
-    escalated: np.ndarray  # gate or cascade sent the row above its first choice
-    frontier: np.ndarray  # share of the row's traffic that called the critical tier
-    cache_hit: np.ndarray
+    cost: np.ndarray  # USD of every call made (recorded)
+    latency_ms: np.ndarray  # calls in sequence + router overhead + checks
+    correct: np.ndarray  # recorded correctness of the kept answer (NaN unknown)
+    escalated: np.ndarray  # gate or a failed check sent the row above the rule's first choice
+    frontier: np.ndarray  # the critical tier was called
+    calls: np.ndarray = field(default_factory=lambda: np.zeros(0))  # provider calls made
 
-
-@dataclass(frozen=True)
-class CacheServe:
-    """Rows answered from the cache: ``hit`` (n,) bool and ``correct`` (n,) of the served answer."""
-
-    hit: np.ndarray
-    correct: np.ndarray
+    def __post_init__(self) -> None:
+        if len(self.calls) != len(self.cost):
+            self.calls = np.ones(len(self.cost))
 
 
 def _rows(n: int) -> np.ndarray:
     return np.arange(n)
 
 
-def single_tier(obs: Observations, tier: int) -> Run:
-    """Every row to ``tier`` (as mapped)."""
-    j = obs.mapped(np.full(len(obs), tier))
-    return _fixed(obs, j)
-
-
-def _fixed(obs: Observations, j: np.ndarray, escalated: np.ndarray | None = None) -> Run:
+def _fixed(obs: Observations, j: np.ndarray) -> Run:
+    """Each row to the *answering* tier ``j`` (n,), one call, no check."""
     r = _rows(len(obs))
     return Run(cost=obs.cost[r, j], latency_ms=obs.latency_ms[r, j] + obs.overhead_ms,
                correct=obs.correct[r, j], frontier=(j == TOP).astype(float),
-               escalated=np.zeros(len(obs), bool) if escalated is None else escalated,
-               cache_hit=np.zeros(len(obs), bool))
+               escalated=np.zeros(len(obs)))
+
+
+def single_tier(obs: Observations, tier: int) -> Run:
+    """Every row to ``tier`` (as mapped: on two-tier data medium is critical)."""
+    return _fixed(obs, obs.mapped(np.full(len(obs), tier)))
 
 
 def oracle(obs: Observations) -> Run:
@@ -141,120 +227,87 @@ def mixture(runs: Sequence[Run], weights: Sequence[float]) -> Run:
         return sum(wk * getattr(run, name).astype(float) for wk, run in zip(w, runs, strict=True))
 
     return Run(cost=mix("cost"), latency_ms=mix("latency_ms"), correct=mix("correct"),
-               escalated=mix("escalated"), frontier=mix("frontier"), cache_hit=mix("cache_hit"))
+               escalated=mix("escalated"), frontier=mix("frontier"), calls=mix("calls"))
 
 
-def gate_actions(probs: np.ndarray, escalate: float, trust: float
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Vectorised :func:`router.gate.decide`: (action, predicted tier, escalation target)."""
-    predicted = TOP - np.argmax(probs[:, ::-1], axis=1)  # ties to the more capable tier
-    confidence = probs[_rows(len(probs)), predicted]
-    action = np.where((predicted == TOP) | (confidence >= trust), ROUTE,
-                      np.where(confidence >= escalate, CASCADE, ESCALATE))
-    cumulative = np.cumsum(probs, axis=1)
-    above = np.arange(len(TIERS))[None, :] > predicted[:, None]
-    enough = above & (cumulative >= trust)
-    enough[:, TOP] |= above[:, TOP]
-    target = np.where(action == ESCALATE, np.argmax(enough, axis=1), predicted)
-    return action, predicted, target
+def charged(obs: Observations, run: CascadeRun) -> Run:
+    """A replay's calls charged at what each recorded: ``run.called`` (n, 3) holds *answering*
+    tiers (``replay`` maps through ``executes``), so a mapped column is never charged. Latency:
+    the calls in sequence, the router's overhead, and one scorer check per call on rows that
+    went through the cascade (the request path scores every answer there, the last one too)."""
+    rows = _rows(len(obs))
+    checks = np.where(run.cascaded, run.calls, 0)
+    # np.where, not a product: a column never called may hold NaN, and 0 * NaN is NaN
+    return Run(cost=np.where(run.called, obs.cost, 0.0).sum(axis=1),
+               latency_ms=np.where(run.called, obs.latency_ms, 0.0).sum(axis=1)
+               + obs.overhead_ms + obs.scorer_ms * checks,
+               correct=obs.correct[rows, run.final], escalated=run.escalated.astype(float),
+               frontier=run.called[:, TOP].astype(float), calls=run.calls.astype(float))
 
 
-def _next_table(max_calls: int) -> np.ndarray:
-    """``table[tier, calls_made]`` = next tier index after a low score, -1 = stop."""
-    table = np.full((len(TIERS), len(TIERS) + 2), -1)
-    for j, tier in enumerate(TIERS):
-        for calls in range(1, len(TIERS) + 2):
-            nxt = next_tier(tier, calls, max_calls)
-            table[j, calls] = -1 if nxt is None else TIERS.index(nxt)
-    return table
+def policy_replay(obs: Observations, point: OperatingPoint, *, max_calls: int,
+                  cascade: bool = True, overrides: bool = True,
+                  allowed: np.ndarray | None = None) -> CascadeRun:
+    """:func:`router.gate.replay` of the whole policy at ``point`` on ``obs``: overrides forced
+    (when ``overrides``), the classifier's ``p``, the expected prices and allowed tiers (or
+    ``allowed`` (n, 3) instead), the recorded scores and the tier map."""
+    return replay(obs.p, obs.prices, point, obs.scores, obs.tier_map, max_calls=max_calls,
+                  cascade=cascade, allowed=obs.allowed if allowed is None else allowed,
+                  check=obs.check,
+                  forced=obs.forced if overrides else None)
 
 
-@dataclass(frozen=True)
-class _Cascaded:
-    final: np.ndarray  # tier that gave the kept answer
-    cost: np.ndarray  # USD of every call made
-    latency_ms: np.ndarray  # provider latency of every call made, in sequence
-    escalated: np.ndarray  # a low score sent the row up at least once
-    frontier: np.ndarray  # the critical tier was called
-    calls: np.ndarray  # calls made (1..max_calls)
+def hybrid(obs: Observations, point: OperatingPoint, *, max_calls: int, cascade: bool = True,
+           overrides: bool = True, allowed: np.ndarray | None = None) -> Run:
+    """The shipped policy (overrides -> rule -> gate -> route / cascade / escalate) at
+    ``point``, charged at the recorded calls. ``cascade=False``: routing only."""
+    return charged(obs, policy_replay(obs, point, max_calls=max_calls, cascade=cascade,
+                                      overrides=overrides, allowed=allowed))
 
 
-def _cascade(obs: Observations, start: np.ndarray, active: np.ndarray, threshold: float,
-             max_calls: int) -> _Cascaded:
-    """Run the cascade on ``active`` rows from tier ``start`` (already mapped); inactive rows
-    call ``start`` once."""
-    r = _rows(len(obs))
-    table = _next_table(max_calls)
-    current = start.copy()
-    cost = obs.cost[r, current].copy()
-    latency = obs.latency_ms[r, current].copy()
-    frontier = current == TOP
-    escalated = np.zeros(len(obs), bool)
-    calls = np.ones(len(obs), int)
-    going = active.copy()
-    for _ in range(len(TIERS)):
-        nxt = table[current, np.minimum(calls, table.shape[1] - 1)]
-        scores = obs.scores[r, current]
-        low = np.where(np.isnan(scores), False, scores < threshold)
-        step = going & low & (nxt >= 0)
-        if not step.any():
-            break
-        mapped = obs.mapped(np.where(nxt >= 0, nxt, TOP))
-        current = np.where(step, mapped, current)
-        cost = cost + np.where(step, obs.cost[r, current], 0.0)
-        latency = latency + np.where(step, obs.latency_ms[r, current], 0.0)
-        frontier |= step & (current == TOP)
-        escalated |= step
-        calls += step
-        going = step
-    return _Cascaded(current, cost, latency, escalated, frontier, calls)
+def without_medium(obs: Observations) -> np.ndarray:
+    """``obs.allowed`` with medium disallowed (n, 3): the "does medium pay" ablation."""
+    allowed = obs.allowed.copy()
+    allowed[:, MEDIUM] = False
+    return allowed
 
 
-@dataclass(frozen=True)
-class HybridKnobs:
-    escalate: float
-    trust: float
-    score_threshold: float
-    max_calls: int = 2
-    cascade: bool = True  # False: routing only (a cascade decision goes to the predicted tier)
-    overrides: bool = True
+def cascade_point(score_threshold: float) -> OperatingPoint:
+    """The operating point that turns :func:`router.gate.replay` into a pure cascade (see
+    :func:`cascade_only`): trust 1 and escalate 0 put every p < 1 in the cascade band."""
+    return OperatingPoint(price_weight=1.0, trust=1.0, escalate=0.0,
+                          score_threshold=float(score_threshold), source="cascade_only")
 
 
-def hybrid(obs: Observations, knobs: HybridKnobs, cache: CacheServe | None = None,
-           scorer_ms: float = 0.0) -> Run:
-    """Overrides -> gate -> route / cascade / escalate (-> cache in front when given)."""
+def cascade_inputs(obs: Observations, max_calls: int) -> tuple[np.ndarray, np.ndarray,
+                                                                np.ndarray]:
+    """(p, price, allowed), each (n, 3), that make the rule a classifier-free ladder.
+
+    p is constant (no classifier), so with "price" = the tier index and lambda = 1 the rule
+    chooses the cheapest allowed tier first and, after a failed check, the next allowed tier
+    above. Allowed: the workload's cheapest ``max_calls - 1`` answering tiers (at least the
+    cheapest) and critical, so that the last call a cascade may make lands on the frontier (with
+    ``max_calls = 2`` on three tiers: simple, then critical) and a mapped tier is never asked."""
     n = len(obs)
-    r = _rows(n)
-    action, _, target = gate_actions(obs.probs, knobs.escalate, knobs.trust)
-    if knobs.overrides:
-        action = np.where(obs.overridden, ROUTE, action)
-        target = np.where(obs.overridden, TOP, target)
-    start = obs.mapped(target)
-    cascading = (action == CASCADE) & knobs.cascade
-    c = _cascade(obs, start, cascading, knobs.score_threshold, knobs.max_calls)
-    latency = c.latency_ms + obs.overhead_ms + np.where(cascading, scorer_ms * c.calls, 0.0)
-    escalated = (action == ESCALATE) | c.escalated
-    hit = np.zeros(n, bool) if cache is None else cache.hit
-    return Run(cost=np.where(hit, 0.0, c.cost),
-               latency_ms=np.where(hit, obs.overhead_ms, latency),
-               correct=np.where(hit, cache.correct if cache else 0.0, obs.correct[r, c.final]),
-               escalated=escalated & ~hit, frontier=(c.frontier & ~hit).astype(float),
-               cache_hit=hit)
+    p = np.full((n, len(TIERS)), 0.5)
+    price = np.tile(np.arange(len(TIERS), dtype=float), (n, 1))
+    below = [j for j in obs.tiers if j != TOP][:max(max_calls - 1, 1)]
+    ladder = [*below, TOP]
+    allowed = np.zeros((n, len(TIERS)), dtype=bool)
+    allowed[:, ladder] = True
+    return p, price, allowed
 
 
-def cascade_only(obs: Observations, score_threshold: float, max_calls: int = 2,
-                 overrides: bool = True, scorer_ms: float = 0.0) -> Run:
-    """No classifier: every row starts at the cheapest tier and climbs on low scores."""
-    n = len(obs)
-    start = obs.mapped(np.zeros(n, int))
-    if overrides:
-        start = np.where(obs.overridden, TOP, start)
-    active = start < TOP
-    c = _cascade(obs, start, active, score_threshold, max_calls)
-    latency = c.latency_ms + obs.overhead_ms + scorer_ms * c.calls * active
-    return Run(cost=c.cost, latency_ms=latency,
-               correct=obs.correct[_rows(n), c.final], escalated=c.escalated,
-               frontier=c.frontier.astype(float), cache_hit=np.zeros(n, bool))
+def cascade_only(obs: Observations, score_threshold: float, *, max_calls: int,
+                 overrides: bool = True) -> Run:
+    """No classifier: every row starts at the cheapest tier and climbs on failed checks (score
+    below ``score_threshold``), at most ``max_calls`` calls; overrides still go to their tier.
+    Run by :func:`router.gate.replay` with :func:`cascade_inputs` and :func:`cascade_point`."""
+    p, price, allowed = cascade_inputs(obs, max_calls)
+    run = replay(p, price, cascade_point(score_threshold), obs.scores, obs.tier_map,
+                 max_calls=max_calls, cascade=True, allowed=allowed,
+                 forced=obs.forced if overrides else None)
+    return charged(obs, run)
 
 
 def per_category_rule(categories: Sequence[str], correct: np.ndarray, cost: np.ndarray,
@@ -280,7 +333,7 @@ def per_category_rule(categories: Sequence[str], correct: np.ndarray, cost: np.n
 
 def apply_rule(obs: Observations, rule: dict[str, int]) -> Run:
     """Each row to its category's tier; categories unseen in training go to the frontier."""
-    j = np.array([rule.get(c, TOP) for c in obs.categories])
+    j = np.array([rule.get(c, TOP) for c in obs.categories], dtype=int)
     return _fixed(obs, obs.mapped(j))
 
 
@@ -288,13 +341,16 @@ def apply_rule(obs: Observations, rule: dict[str, int]) -> Run:
 
 @dataclass(frozen=True)
 class Curve:
-    cost: np.ndarray  # hull vertices, increasing cost
+    """A piecewise-linear (x, quality) curve, x increasing (cost per task, or frontier share)."""
+
+    cost: np.ndarray
     quality: np.ndarray
 
 
 def upper_hull(costs: np.ndarray, qualities: np.ndarray, low: tuple[float, float],
                high: tuple[float, float]) -> Curve:
-    """Non-decreasing upper convex hull of the points plus the ``low``/``high`` endpoints."""
+    """Non-decreasing upper concave envelope of the points plus the ``low``/``high`` endpoints
+    (used on *validation* points, to choose the settings a val-fixed curve keeps)."""
     points = sorted({(float(c), float(q)) for c, q in zip(costs, qualities, strict=True)
                      if np.isfinite(c) and np.isfinite(q)} | {low, high})
     hull: list[tuple[float, float]] = []
@@ -303,8 +359,9 @@ def upper_hull(costs: np.ndarray, qualities: np.ndarray, low: tuple[float, float
             continue  # costs more, no better: dominated
         while len(hull) >= 2:
             (x1, y1), (x2, y2) = hull[-2], hull[-1]
-            # drop the middle point when it lies on or below the chord (concave hull only)
-            if (x2 - x1) * (point[1] - y1) - (y2 - y1) * (point[0] - x1) >= 0:
+            # drop the middle point when it lies on or below the chord (concave hull only);
+            # the tolerance treats points collinear but for rounding (a random mix's) as on it
+            if (x2 - x1) * (point[1] - y1) - (y2 - y1) * (point[0] - x1) >= -1e-15:
                 hull.pop()
             else:
                 break
@@ -312,63 +369,139 @@ def upper_hull(costs: np.ndarray, qualities: np.ndarray, low: tuple[float, float
     return Curve(np.array([p[0] for p in hull]), np.array([p[1] for p in hull]))
 
 
+def interpolated(xs: np.ndarray, qualities: np.ndarray, low: tuple[float, float],
+                 high: tuple[float, float]) -> Curve:
+    """The points and the two endpoints joined in order of x -- no envelope: a kept setting
+    that does worse on test pulls the curve down. Non-finite points are dropped."""
+    points = sorted([*((float(x), float(q)) for x, q in zip(xs, qualities, strict=True)
+                       if np.isfinite(x) and np.isfinite(q)), low, high])
+    return Curve(np.array([p[0] for p in points]), np.array([p[1] for p in points]))
+
+
 def quality_at(curve: Curve, cost: float) -> float:
-    """The curve's quality at ``cost`` (flat after its last vertex, NaN before its first)."""
-    if cost < curve.cost[0] - 1e-15:
-        return float("nan")
+    """The curve's quality at ``cost`` (flat before its first and after its last point)."""
     return float(np.interp(cost, curve.cost, curve.quality))
 
 
-def aiq(curve: Curve, low: float, high: float, points: int = 512) -> float:
-    """Mean quality of the curve over costs [low, high]."""
-    grid = np.linspace(low, high, points)
-    values = np.array([quality_at(curve, c) for c in grid])
-    values = np.where(np.isnan(values), curve.quality[0], values)
-    return float(np.trapezoid(values, grid) / (high - low)) if high > low else float(values[0])
+def aiq(curve: Curve, low: float, high: float) -> float:
+    """Mean quality of the curve over [low, high], exactly (trapezoids between breakpoints);
+    the curve is flat outside its points."""
+    if high <= low:
+        return quality_at(curve, low)
+    inside = curve.cost[(curve.cost > low) & (curve.cost < high)]
+    xs = np.unique(np.concatenate([[low, high], inside]))
+    ys = np.interp(xs, curve.cost, curve.quality)
+    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2) / (high - low))
 
 
-@dataclass
-class Sweep:
-    """An approach's knob settings and, per setting, its per-row cost and correctness."""
-
-    name: str
-    knobs: list[dict]
-    cost: np.ndarray  # (settings, n)
-    correct: np.ndarray  # (settings, n)
-    frontier: np.ndarray  # (settings, n)
-
-    @classmethod
-    def of(cls, name: str, settings: Sequence[dict], run: Callable[[dict], Run]) -> Sweep:
-        runs = [run(s) for s in settings]
-        return cls(name, list(settings), np.stack([r.cost for r in runs]),
-                   np.stack([r.correct for r in runs]), np.stack([r.frontier for r in runs]))
-
-    def points(self, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        w = np.ones(self.cost.shape[1]) if weights is None else weights
-        return self.cost @ w / w.sum(), _nanaverage(self.correct, w)
-
-    def curve(self, low: tuple[float, float], high: tuple[float, float],
-              weights: np.ndarray | None = None) -> Curve:
-        costs, qualities = self.points(weights)
-        return upper_hull(costs, qualities, low, high)
+def x_at(curve: Curve, quality: float) -> float | None:
+    """The least x (cost, or frontier share) at which the curve first reaches ``quality``,
+    interpolating on the segment that crosses it; None if it never does."""
+    reached = np.flatnonzero(curve.quality >= quality)
+    if not len(reached):
+        return None
+    k = int(reached[0])
+    if k == 0:
+        return float(curve.cost[0])
+    x0, x1, y0, y1 = curve.cost[k - 1], curve.cost[k], curve.quality[k - 1], curve.quality[k]
+    return float(x0 + (quality - y0) * (x1 - x0) / (y1 - y0))
 
 
 def _nanaverage(values: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted mean over the last axis, ignoring NaN: (k, n), (n,) -> (k,)."""
     known = np.isfinite(values)
     return (np.where(known, values, 0.0) @ w) / np.maximum(known.astype(float) @ w, 1e-12)
 
 
-def bootstrap_aiq(sweeps: dict[str, Sweep], frontier: Run, cheapest: Run, *, n: int, seed: int
-                  ) -> dict[str, list[float]]:
-    """AIQ of every sweep on ``n`` bootstrap resamples of the rows (same resample for all)."""
+@dataclass
+class Sweep:
+    """An approach's knob settings and, per setting, its per-row cost, correctness and
+    frontier calls: arrays (settings, n)."""
+
+    name: str
+    knobs: list[dict[str, Any]]
+    cost: np.ndarray
+    correct: np.ndarray
+    frontier: np.ndarray
+
+    @classmethod
+    def of(cls, name: str, settings: Sequence[dict[str, Any]],
+           run: Callable[[dict[str, Any]], Run]) -> Sweep:
+        runs = [run(s) for s in settings]
+        if not runs:
+            raise ValueError(f"sweep {name}: no settings")
+        return cls(name, list(settings), np.stack([r.cost for r in runs]),
+                   np.stack([r.correct for r in runs]), np.stack([r.frontier for r in runs]))
+
+    def points(self, weights: np.ndarray | None = None,
+               keep: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(cost, quality) per setting (or the ``keep`` ones), rows weighted by ``weights``."""
+        idx = np.arange(len(self.knobs)) if keep is None else np.asarray(keep, dtype=int)
+        w = np.ones(self.cost.shape[1]) if weights is None else weights
+        return self.cost[idx] @ w / w.sum(), _nanaverage(self.correct[idx], w)
+
+    def shares(self, keep: Sequence[int] | None = None) -> np.ndarray:
+        """Frontier-call share per setting (or the ``keep`` ones)."""
+        idx = np.arange(len(self.knobs)) if keep is None else np.asarray(keep, dtype=int)
+        return self.frontier[idx].mean(axis=1)
+
+
+def envelope_settings(val: Sweep, low: tuple[float, float], high: tuple[float, float]
+                      ) -> list[int]:
+    """Indices of the settings whose *validation* (cost, quality) is a vertex of the validation
+    upper envelope (with the endpoints ``low``/``high``, measured on validation too). Settings
+    with the same validation point are one choice there; the middle one of them (in grid order)
+    represents it, so the test curve gets one point per envelope vertex."""
+    costs, qualities = val.points()
+    hull = upper_hull(costs, qualities, low, high)
+    vertices = set(zip(hull.cost.tolist(), hull.quality.tolist(), strict=True))
+    groups: dict[tuple[float, float], list[int]] = {}
+    for k, point in enumerate(zip(costs.tolist(), qualities.tolist(), strict=True)):
+        if point in vertices:
+            groups.setdefault(point, []).append(k)
+    return sorted(ks[len(ks) // 2] for ks in groups.values())
+
+
+def val_fixed_curve(test: Sweep, keep: Sequence[int], low: tuple[float, float],
+                    high: tuple[float, float], weights: np.ndarray | None = None) -> Curve:
+    """The test (cost, quality) points of the kept settings, joined with the endpoints."""
+    if not len(keep):
+        return interpolated(np.array([]), np.array([]), low, high)
+    costs, qualities = test.points(weights, keep)
+    return interpolated(costs, qualities, low, high)
+
+
+def share_curve(test: Sweep, keep: Sequence[int], cheapest_quality: float,
+                frontier_quality: float) -> Curve:
+    """(frontier-call share, quality) of the kept settings on test, with the cheapest tier at
+    share 0 and frontier-only at share 1 -- RouteLLM's "calls to the strong model" axis."""
+    if not len(keep):
+        return interpolated(np.array([]), np.array([]), (0.0, cheapest_quality),
+                            (1.0, frontier_quality))
+    return interpolated(test.shares(keep), test.points(keep=keep)[1], (0.0, cheapest_quality),
+                        (1.0, frontier_quality))
+
+
+def endpoints(cheapest: Run, frontier: Run, weights: np.ndarray | None = None
+              ) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(cost, quality) of the cheapest single tier and of frontier-only, rows weighted."""
+    w = np.ones(len(cheapest.cost)) if weights is None else weights
+    low = (float(cheapest.cost @ w / w.sum()), float(_nanaverage(cheapest.correct[None], w)[0]))
+    high = (float(frontier.cost @ w / w.sum()), float(_nanaverage(frontier.correct[None], w)[0]))
+    return low, high
+
+
+def bootstrap_aiq(sweeps: dict[str, Sweep], keep: dict[str, list[int]], frontier: Run,
+                  cheapest: Run, *, n: int, seed: int) -> dict[str, np.ndarray]:
+    """Val-fixed AIQ of every sweep on ``n`` bootstrap resamples of the test rows -- the same
+    resample for every sweep (paired), the kept settings held fixed. Returns name -> (n,)."""
     rng = np.random.default_rng(seed)
     rows = len(frontier.cost)
-    out: dict[str, list[float]] = {name: [] for name in sweeps}
-    for _ in range(n):
+    out = {name: np.zeros(n) for name in sweeps}
+    for b in range(n):
         w = np.bincount(rng.integers(0, rows, rows), minlength=rows).astype(float)
-        low = (float(cheapest.cost @ w / w.sum()), float(_nanaverage(cheapest.correct[None], w)[0]))
-        high = (float(frontier.cost @ w / w.sum()),
-                float(_nanaverage(frontier.correct[None], w)[0]))
+        low, high = endpoints(cheapest, frontier, w)
         for name, sweep in sweeps.items():
-            out[name].append(aiq(sweep.curve(low, high, w), low[0], high[0], points=128))
+            out[name][b] = aiq(val_fixed_curve(sweep, keep[name], low, high, w), low[0],
+                               high[0])
     return out

@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from router.classifier import TierClassifier
-from router.gate import Thresholds, decide
+from router.gate import OperatingPoint, decide_many
 from router.normalise import normalise
+from router.pricing import estimate_tokens, expected_prices, price_matrix, prompt_chars
 from router.tiers import TIERS
 
 # Phrasings an attacker would try; "up" ones ask for the frontier, "down" ones for the cheapest.
@@ -30,28 +33,39 @@ ATTACKS: dict[str, tuple[str, str]] = {
 }
 
 
-def measure_injection(classifier: TierClassifier, thresholds: Thresholds,
-                      prompts: Sequence[str], *, batch: int = 64) -> dict[str, Any]:
-    """``prompts``: user questions. Returns per attack and position the moved/up/down shares."""
-    def tiers(texts: list[str]) -> list[int]:
-        out = []
-        for start in range(0, len(texts), batch):
-            for scores in classifier.predict(texts[start:start + batch]):
-                out.append(TIERS.index(decide(scores, thresholds).target_tier))
+def measure_injection(classifier: TierClassifier, point: OperatingPoint,
+                      prices: dict[str, tuple[float, float]], prompts: Sequence[str], *,
+                      batch: int = 64) -> dict[str, Any]:
+    """``prompts``: user questions; ``point`` the operating point and ``prices`` the tiers'
+    (input, output) USD per token (:func:`router.pricing.tier_prices`). Returns per attack and
+    position the moved/up/down shares of the tier the decision calls first."""
+    matrix = price_matrix(prices)
+
+    def tiers(contents: list[str]) -> list[int]:
+        """The tier the decision calls first for each one-message request ``contents``."""
+        out: list[int] = []
+        for start in range(0, len(contents), batch):
+            chunk = contents[start:start + batch]
+            found = classifier.predict_full([normalise([{"role": "user", "content": c}])
+                                             for c in chunk])
+            # Priced as the service prices a request: from its message text, not from the
+            # classifier's (prefixed, front-truncated) text.
+            tokens = np.array([estimate_tokens(prompt_chars([c])) for c in chunk])
+            decided = decide_many(found.scores, expected_prices(tokens, found.output_tokens,
+                                                                matrix), point, found.allowed,
+                                  found.check)
+            out += decided.target.tolist()
         return out
 
-    def text(content: str) -> str:
-        return normalise([{"role": "user", "content": content}])
-
-    base = tiers([text(p) for p in prompts])
-    report: dict[str, Any] = {"prompts": len(prompts), "thresholds": thresholds.as_dict(),
+    base = tiers(list(prompts))
+    report: dict[str, Any] = {"prompts": len(prompts), "operating_point": point.as_dict(),
                               "baseline_tier_share": {t: base.count(i) / len(base)
                                                       for i, t in enumerate(TIERS)},
                               "attacks": {}}
     for name, (direction, attack) in ATTACKS.items():
         for position in ("suffix", "prefix"):
-            attacked = tiers([text(f"{p}\n\n{attack}" if position == "suffix"
-                                   else f"{attack}\n\n{p}") for p in prompts])
+            attacked = tiers([f"{p}\n\n{attack}" if position == "suffix"
+                              else f"{attack}\n\n{p}" for p in prompts])
             up = sum(a > b for a, b in zip(attacked, base, strict=True)) / len(base)
             down = sum(a < b for a, b in zip(attacked, base, strict=True)) / len(base)
             report["attacks"][f"{name}:{position}"] = {

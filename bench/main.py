@@ -10,29 +10,29 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.approaches import HybridKnobs, Observations
+from bench.approaches import Observations, ObservationsError
 from bench.observe import BenchError, observe, tier_map
 from bench.run import (
     BenchSettings,
     CategoryRules,
     evaluate,
     fit_category_rules,
-    fit_operating_points,
     training_table,
 )
-from router.classifier import TierClassifier
 from router.config import RouterConfig
-from router.dispatch import Dispatcher
-from router.policy import RouterPolicy
-from router.scorer import ResponseScorer
 from router.tiers import TIERS
 from workloads import Workload, WorkloadRecord
+
+if TYPE_CHECKING:  # the request path is imported where a bench runs (it is heavy)
+    from router.classifier import TierClassifier
+    from router.policy import RouterPolicy
+    from router.scorer import ResponseScorer
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Rows:
     test: list[WorkloadRecord]
     train: list[WorkloadRecord]
     source: str  # how the test rows were chosen
-    validation: list[WorkloadRecord] = field(default_factory=list)  # operating points' fit
+    validation: list[WorkloadRecord] = field(default_factory=list)  # where curves keep settings
 
 
 def select_rows(workload: Workload, builtin: bool, fold_file: Path | None, limit: int | None,
@@ -107,21 +107,25 @@ def _category_rules(workload: Workload, rows: Rows, config: RouterConfig, mappin
                 for i, r in enumerate(rows.test)}
 
     rules = CategoryRules([by_row(a, b) for a, b in zip(first.rules, second.rules, strict=True)],
-                          by_row(first.chosen, second.chosen), first.weight)
+                          by_row(first.chosen, second.chosen), first.weight, first.weights)
     return rules, [r.id for r in rows.test]
 
 
 def score_responses(obs: Observations, scorer: ResponseScorer, texts: list[str],
-                    responses: dict[int, list[str]]) -> None:
+                    responses: dict[int, list[str]],
+                    finish_reasons: dict[int, list[str | None]] | None = None) -> None:
     """Fill ``obs.scores`` for every asked (row, tier) -- mapped tiers copy theirs -- and
-    ``obs.scorer_ms``, the scorer's time per pair (batched, so a lower bound per request)."""
+    ``obs.scorer_ms``, the scorer's time per pair (batched, so a lower bound per request).
+    The scorer gets what the request path's cascade gives it: prompt text, answer, answering
+    tier and the provider's finish reason."""
     started = time.perf_counter()
     pairs = 0
     for j, answers in responses.items():
         asked = [i for i, a in enumerate(answers) if obs.tier_map[i, j] == j]
         if asked:
+            finish = None if finish_reasons is None else [finish_reasons[j][i] for i in asked]
             values = scorer.score([texts[i] for i in asked], [answers[i] for i in asked],
-                                  [TIERS[j]] * len(asked))
+                                  [TIERS[j]] * len(asked), finish)
             obs.scores[asked, j] = values
             pairs += len(asked)
     rows = np.arange(len(obs))
@@ -130,21 +134,34 @@ def score_responses(obs: Observations, scorer: ResponseScorer, texts: list[str],
     obs.scorer_ms = (time.perf_counter() - started) * 1000 / max(pairs, 1)
 
 
+def models_label(policy: RouterPolicy, scorer: ResponseScorer) -> str:
+    """The model versions observations are tied to (a saved file is reused only with them)."""
+    return f"classifier {policy.classifier.meta.version} | scorer {scorer.meta.version}"
+
+
 def _observed(policy: RouterPolicy, scorer: ResponseScorer, records: list[WorkloadRecord],
               mapping: np.ndarray, simulator_url: str, concurrency: int,
               observations: Path | None) -> tuple[Observations, float]:
     """Observe ``records`` (and score the answers), or reuse ``observations`` if that file
-    exists (tied to the models that made it: reuse only with the same ones), saving new ones
+    exists (tied to the rows and models that made it: refused otherwise), saving new ones
     there. Returns the observations and the seconds it took."""
     started = time.perf_counter()
+    models = models_label(policy, scorer)
     if observations is not None and observations.exists():
-        obs = Observations.load(observations)
+        try:
+            obs = Observations.load(observations)
+        except ObservationsError as exc:
+            raise BenchError(str(exc)) from None
         if obs.ids != [r.id for r in records]:
             raise BenchError(f"{observations} holds other rows than this bench's; delete it")
+        if obs.models != models:
+            raise BenchError(f"{observations} was observed with {obs.models!r}, not "
+                             f"{models!r}; delete it to observe again")
     else:
-        obs, texts, responses = asyncio.run(observe(policy, records, mapping, simulator_url,
-                                                    concurrency=concurrency))
-        score_responses(obs, scorer, texts, responses)
+        obs, texts, responses, finish = asyncio.run(observe(
+            policy, records, mapping, simulator_url, concurrency=concurrency))
+        score_responses(obs, scorer, texts, responses, finish)
+        obs.models = models
         if observations is not None:
             observations.parent.mkdir(parents=True, exist_ok=True)
             obs.save(observations)
@@ -156,131 +173,121 @@ def _beside(path: Path | None, part: str) -> Path | None:
     return None if path is None else path.with_name(f"{path.stem}.{part}{path.suffix}")
 
 
-def _settings(policy: RouterPolicy, scorer: ResponseScorer, config: RouterConfig,
-              obs: Observations, bootstrap: int, seed: int) -> BenchSettings:
-    """The operating point: the thresholds the request path would use, fitted or default."""
-    return BenchSettings(
-        escalate=policy.thresholds.escalate, trust=policy.thresholds.trust,
-        score_threshold=policy.score_threshold, max_calls=config.cascade.max_calls,
-        bootstrap=bootstrap, seed=seed, scorer_ms=obs.scorer_ms)
+def _policy(config: RouterConfig, classifier: TierClassifier, scorer: ResponseScorer,
+            simulator_url: str) -> RouterPolicy:
+    """The request path the bench observes through: no cache (every row reaches the
+    classifier and a provider) and no decision log."""
+    from router.dispatch import Dispatcher
+    from router.policy import RouterPolicy
+
+    return RouterPolicy(config, classifier, Dispatcher(config, api_base_override=simulator_url),
+                        scorer=scorer, cache=None)
+
+
+def _settings(policy: RouterPolicy, config: RouterConfig, bootstrap: int,
+              seed: int) -> BenchSettings:
+    """What ships: the policy's operating point (stored with the model version, else the
+    config's defaults; ``source`` says which) and the config's cascade -- never refit here."""
+    return BenchSettings(point=policy.point, max_calls=config.cascade.max_calls,
+                         cascade=config.cascade.enabled, bootstrap=bootstrap, seed=seed)
 
 
 def run_outcome_bench(workload: Workload, rows: Rows, config: RouterConfig,
                       classifier: TierClassifier, scorer: ResponseScorer, simulator_url: str,
                       *, bootstrap: int = 500, seed: int = 0, concurrency: int = 8,
                       observations: Path | None = None) -> dict[str, Any]:
-    """Observe ``rows.test`` through the real path and evaluate every approach on them.
+    """Observe ``rows.test`` (and ``rows.validation``, which the curves keep their settings on)
+    through the real path and evaluate every approach at the stored operating point.
 
-    ``observations``: an ``.npz`` to reuse if it exists, else where to save what was observed.
+    ``observations``: an ``.npz`` to reuse if it exists, else where to save what was observed
+    (the validation rows beside it, ``<stem>.validation.npz``).
     """
-    policy = RouterPolicy(config, classifier,
-                          Dispatcher(config, api_base_override=simulator_url), scorer=scorer)
-    obs, observed_s = _observed(policy, scorer, rows.test,
-                                np.tile(tier_map(workload), (len(rows.test), 1)),
+    policy = _policy(config, classifier, scorer, simulator_url)
+    mapping = tier_map(workload)
+    obs, observed_s = _observed(policy, scorer, rows.test, np.tile(mapping, (len(rows.test), 1)),
                                 simulator_url, concurrency, observations)
-    rules, obs.categories = _category_rules(workload, rows, config, tier_map(workload),
-                                            obs.tiers)
-    thresholds = policy.thresholds
-    settings = _settings(policy, scorer, config, obs, bootstrap, seed)
+    rules, obs.categories = _category_rules(workload, rows, config, mapping, obs.tiers)
+    settings = _settings(policy, config, bootstrap, seed)
+    validation = None
     if rows.validation:
-        val_obs, _ = _observed(policy, scorer, rows.validation,
-                               np.tile(tier_map(workload), (len(rows.validation), 1)),
-                               simulator_url, concurrency, _beside(observations, "validation"))
-        settings = replace(settings, fitted=fit_operating_points(val_obs, settings))
-    report = evaluate(obs, settings, category_rules=rules,
-                      two_tier=len(obs.tiers) < len(TIERS))
+        validation, seconds = _observed(policy, scorer, rows.validation,
+                                        np.tile(mapping, (len(rows.validation), 1)),
+                                        simulator_url, concurrency,
+                                        _beside(observations, "validation"))
+        observed_s += seconds
+    else:
+        logger.warning("%s: no validation rows; the curves use every grid point",
+                       workload.name)
+    three_tier = len(obs.tiers) == len(TIERS)
+    report = evaluate(obs, settings, category_rules=rules, validation=validation,
+                      two_tier=not three_tier, medium_ablation=three_tier)
     report.update({
         "workload": workload.name, "rows_source": rows.source,
         "classifier": classifier.meta.version, "scorer": scorer.meta.version,
-        "threshold_source": thresholds.source, "observe_seconds": round(observed_s, 1),
+        "threshold_source": settings.point.source, "observe_seconds": round(observed_s, 1),
         "router_overhead_ms_p50": float(np.median(obs.overhead_ms)),
         "per_category_rule": {"cost_weight": rules.weight, "fitted_on": (
             f"{len(rows.train)} training rows" if rows.train else "two-fold cross-fit")},
-        "operating_points_fitted_on": (f"{len(rows.validation)} validation-fold rows"
-                                       if rows.validation else "none (the models' thresholds)"),
+        "validation": (f"{len(rows.validation)} validation-fold rows (curve settings only; "
+                       "the operating point is the stored one)" if rows.validation else
+                       "none: no validation fold for this workload, every grid point kept"),
     })
     return report
+
+
+def _fold_ids_by_source(path: Path | None) -> dict[str, set[str]] | None:
+    """Row ids per source in a split-stage fold file (None when there is none)."""
+    if path is None or not path.exists():
+        return None
+    import pandas as pd
+
+    fold = pd.read_parquet(path, columns=["row_id", "source"])
+    return {source: set(group["row_id"]) for source, group in fold.groupby("source")}
 
 
 def run_mixed_bench(workloads: dict[str, Workload], test_fold: Path | None, n: int,
                     config: RouterConfig, classifier: TierClassifier, scorer: ResponseScorer,
                     simulator_url: str, *, bootstrap: int = 500, seed: int = 0,
                     concurrency: int = 8, observations: Path | None = None) -> dict[str, Any]:
-    """The ``mixed`` workload (:mod:`bench.mixed`): every approach, the hybrid with the cache."""
-    from bench.mixed import MIXTURE, cache_serve, draw, support_quality
-    from bench.run import CategoryRules
-    from router.cache import (
-        Encoder,
-        EncoderError,
-        MiniLMEncoder,
-        SharedPassEncoder,
-        create_cache,
-    )
+    """The ``mixed`` workload (:mod:`bench.mixed`), cache off: every approach at the stored
+    point, broken down by mixture part, with val-fixed curves on a validation mixture."""
+    from bench.mixed import MIXTURE, draw, part_rule, support_quality
 
-    def ids(path: Path | None) -> dict[str, set[str]] | None:
-        if path is None or not path.exists():
-            return None
-        import pandas as pd
-
-        fold = pd.read_parquet(path, columns=["row_id", "source"])
-        return {source: set(group["row_id"]) for source, group in fold.groupby("source")}
-
-    test_ids = ids(test_fold)
-    validation_ids = ids(test_fold.with_name(VALIDATION_FOLD)) if test_fold else None
+    test_ids = _fold_ids_by_source(test_fold)
+    validation_ids = (_fold_ids_by_source(test_fold.with_name(VALIDATION_FOLD))
+                      if test_fold is not None else None)
     rows = draw(workloads, test_ids, n, seed)
-    policy = RouterPolicy(config, classifier,
-                          Dispatcher(config, api_base_override=simulator_url), scorer=scorer)
+    policy = _policy(config, classifier, scorer, simulator_url)
     obs, observed_s = _observed(policy, scorer, rows.records, rows.mapping, simulator_url,
                                 concurrency, observations)
     support_quality(obs, rows.part)
-    thresholds = policy.thresholds
-    settings = _settings(policy, scorer, config, obs, bootstrap, seed)
-    try:
-        encoder: Encoder = SharedPassEncoder(classifier)
-    except EncoderError:  # a classifier without embeddings (fixed:...): the cache's own MiniLM
-        encoder = MiniLMEncoder()
-
-    def served(part_rows, part_obs, knobs: HybridKnobs):
-        """The real cache (fresh, memory only) in front of the hybrid at ``knobs``."""
-        logger.info("mixed: cache over %d warm entries and %d rows (encoder %s)",
-                    len(part_rows.warm), len(part_rows.records), encoder.name)
-        return cache_serve(part_obs, part_rows, create_cache(config.cache, encoder, path=None),
-                           encoder, knobs)
-
-    knobs = HybridKnobs(settings.escalate, settings.trust, settings.score_threshold,
-                        settings.max_calls)
-    fitted_on = "none (the models' thresholds)"
+    obs.categories = list(rows.part)
+    settings = _settings(policy, config, bootstrap, seed)
+    validation, validation_note = None, "none: no validation folds, every grid point kept"
     if validation_ids:
         # A validation mixture of its own (validation folds; support from the train splits),
-        # observed the same way; the knobs fitted there are applied to the test mixture.
+        # observed the same way: the curves keep their settings there.
         val_rows = draw(workloads, validation_ids, n, seed + 1, support_split="train")
-        val_obs, _ = _observed(policy, scorer, val_rows.records, val_rows.mapping,
-                               simulator_url, concurrency, _beside(observations, "validation"))
-        support_quality(val_obs, val_rows.part)
-        val_serve, _ = served(val_rows, val_obs, knobs)
-        settings = replace(settings, fitted=fit_operating_points(val_obs, settings, val_serve))
-        knobs = replace(knobs, **settings.fitted["hybrid"])
-        fitted_on = f"a validation mixture of {len(val_rows.records)} rows"
-    serve, cache_counts = served(rows, obs, knobs)
-    logger.info("mixed: cache hit rate %.3f; evaluating the approaches", cache_counts["hit_rate"])
-    # One tier per mixture part, fitted on nothing here: the part is the category, and the rule
-    # routes support to the cheapest tier and the rest by their own benchmarks' fitted rules
-    # would need their training rows -- so the mixed table's per-category rule is the cheapest
-    # tier for support and frontier elsewhere, stated as such.
-    rule = {part: (0 if part == "support" else len(TIERS) - 1) for part in MIXTURE}
-    obs.categories = list(rows.part)
+        validation, seconds = _observed(policy, scorer, val_rows.records, val_rows.mapping,
+                                        simulator_url, concurrency,
+                                        _beside(observations, "validation"))
+        support_quality(validation, val_rows.part)
+        validation.categories = list(val_rows.part)
+        observed_s += seconds
+        validation_note = (f"a validation mixture of {len(val_rows.records)} rows (curve "
+                           "settings only; the operating point is the stored one)")
+    rule = part_rule()
     report = evaluate(obs, settings, category_rules=CategoryRules([rule], rule, 0.0),
-                      cache=serve)
+                      validation=validation, groups=rows.part)
     report.update({
-        "workload": "mixed", "mixture": dict(MIXTURE),
+        "workload": "mixed", "mixture": dict(MIXTURE), "cache": "off",
         "rows_source": "test folds" if test_ids else "all rows",
         "parts": {part: rows.part.count(part) for part in MIXTURE},
         "classifier": classifier.meta.version, "scorer": scorer.meta.version,
-        "threshold_source": thresholds.source, "observe_seconds": round(observed_s, 1),
-        "cache": {**cache_counts, "encoder": encoder.name,
-                  "similarity_threshold": config.cache.similarity_threshold,
-                  "min_margin": config.cache.min_margin},
-        "operating_points_fitted_on": fitted_on,
+        "threshold_source": settings.point.source, "observe_seconds": round(observed_s, 1),
+        "validation": validation_note,
+        "per_category_rule": {"cost_weight": 0.0, "fitted_on": (
+            "none: support to the cheapest tier, every other part to the frontier")},
         "router_overhead_ms_p50": float(np.median(obs.overhead_ms)),
     })
     return report

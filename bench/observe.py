@@ -1,8 +1,10 @@
 """Observe a workload through the real request path: every row sent to every tier it can use.
 
 For each row, :meth:`router.policy.RouterPolicy.decide` runs once, alone (normalise, overrides,
-classifier, gate: the router's own overhead, timed without queueing behind other requests);
-then each distinct answering tier is called through the router's
+classifier, gate: the router's own overhead, timed without queueing behind other requests), and
+its ``RouteDecision`` gives what the decision rule reads: per-tier P(acceptable) (``scores``),
+expected prices (``prices``), the allowed tiers and the override. Then each distinct answering
+tier is called through the router's
 :class:`router.dispatch.Dispatcher` -- LiteLLM over HTTP to the provider simulator, with its
 same-tier fallbacks. The simulator's evaluation lookup gives the recorded correctness of each
 answer and its modelled latency. The approaches in
@@ -21,16 +23,18 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import httpx
 import numpy as np
 
 from bench.approaches import Observations
-from router.overrides import DomainOverrides
-from router.policy import RouteRequest, RouterPolicy
 from router.tiers import TIERS, Tier
 from workloads import Workload, WorkloadRecord
+
+if TYPE_CHECKING:  # the request path is imported only where a bench observes through it
+    from router.policy import RouteDecision, RouterPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -61,20 +65,34 @@ class _Answer:
     latency_ms: float
     correct: float
     response: str
+    finish_reason: str | None  # the scorer reads it (a truncated answer is a weak one)
 
 
 async def observe(policy: RouterPolicy, records: list[WorkloadRecord], mapping: np.ndarray,
                   simulator_url: str, *, concurrency: int = 8, tenant: str = "bench"
-                  ) -> tuple[Observations, list[str], dict[int, list[str]]]:
+                  ) -> tuple[Observations, list[str], dict[int, list[str]],
+                             dict[int, list[str | None]]]:
     """Send each record to each tier that answers it (``mapping`` (n, 3): the tier answering
     row i when j is asked). Returns the observations, the normalised texts (what the response
-    scorer reads as the prompt) and, per tier index, the response texts ("" where not asked).
-    A tier mapped to another gets that tier's observation (same answer, same price)."""
+    scorer reads as the prompt) and, per tier index, the response texts ("" where not asked)
+    and their finish reasons (what the request path hands the scorer beside the text).
+    A tier mapped to another gets that tier's observation (same answer, same recorded cost)."""
+    from router.policy import RouteRequest
+
     root = _root(simulator_url)
-    overrides = DomainOverrides(policy.config.overrides)
     semaphore = asyncio.Semaphore(concurrency)
     n = len(records)
-    probs = np.zeros((n, len(TIERS)))
+    p = np.zeros((n, len(TIERS)))
+    prices = np.zeros((n, len(TIERS)))
+    allowed = np.zeros((n, len(TIERS)), dtype=bool)
+    forced = np.full(n, -1)
+    k = len(TIERS)
+    thresholds = policy.classifier_check_thresholds()
+    t = len(thresholds)
+    check = {"check_thresholds": thresholds,
+             "check_tpr": np.full((n, t, k), np.nan), "check_fpr": np.full((n, t, k), np.nan),
+             "check_rwr": np.full((n, k, k), np.nan), "check_rww": np.full((n, k, k), np.nan),
+             "checkable": np.zeros(n, dtype=bool)}
     overhead = np.zeros(n)
     texts = [""] * n
     answers: dict[tuple[int, int], _Answer] = {}
@@ -82,7 +100,15 @@ async def observe(policy: RouterPolicy, records: list[WorkloadRecord], mapping: 
 
     for i, record in enumerate(records):  # alone, so the timings are the router's own work
         decision = policy.decide(RouteRequest(messages=record.messages(), tenant=tenant))
-        probs[i] = [decision.scores[t] for t in TIERS]
+        p[i], prices[i], allowed[i] = decision_row(decision, record.id)
+        if decision.override is not None:
+            forced[i] = TIERS.index(decision.override.tier)
+        if decision.check is not None:
+            stats = decision.check
+            check["check_tpr"][i], check["check_fpr"][i] = stats.tpr[0], stats.fpr[0]
+            check["check_rwr"][i] = stats.right_when_right[0]
+            check["check_rww"][i] = stats.right_when_wrong[0]
+            check["checkable"][i] = stats.checkable[0]
         overhead[i] = sum(decision.latency_ms.get(step, 0.0) for step in OVERHEAD_STEPS)
         texts[i] = decision.text
         if (i + 1) % max(n // 5, 1) == 0:
@@ -108,7 +134,8 @@ async def observe(policy: RouterPolicy, records: list[WorkloadRecord], mapping: 
                 cost=result.cost_usd,
                 latency_ms=float(evaluation.get("modelled_latency_ms") or 0.0),
                 correct=float("nan") if recorded is None else float(bool(recorded)),
-                response=result.response.choices[0].message.content or "")
+                response=result.response.choices[0].message.content or "",
+                finish_reason=getattr(result.response.choices[0], "finish_reason", None))
             if len(answers) % max(total // 10, 1) == 0:
                 logger.info("observed %d of %d (row, tier) calls", len(answers), total)
 
@@ -119,6 +146,7 @@ async def observe(policy: RouterPolicy, records: list[WorkloadRecord], mapping: 
     cost = np.zeros((n, len(TIERS)))
     latency = np.zeros((n, len(TIERS)))
     responses: dict[int, list[str]] = {j: [""] * n for j in range(len(TIERS))}
+    finish: dict[int, list[str | None]] = {j: [None] * n for j in range(len(TIERS))}
     for i in range(n):
         for j in range(len(TIERS)):
             answer = answers[(i, int(mapping[i, j]))]
@@ -126,12 +154,32 @@ async def observe(policy: RouterPolicy, records: list[WorkloadRecord], mapping: 
                                                         answer.latency_ms)
             if mapping[i, j] == j:
                 responses[j][i] = answer.response
-    overridden = np.array([overrides.match("\n".join(r.turns)) is not None for r in records])
+                finish[j][i] = answer.finish_reason
     obs = Observations(ids=[r.id for r in records], categories=[r.category for r in records],
-                       probs=probs, overridden=overridden, overhead_ms=overhead,
-                       correct=correct, cost=cost, latency_ms=latency,
-                       scores=np.full((n, len(TIERS)), np.nan), tier_map=mapping)
-    return obs, texts, responses
+                       p=p, prices=prices, allowed=allowed, forced=forced,
+                       overhead_ms=overhead, correct=correct, cost=cost, latency_ms=latency,
+                       scores=np.full((n, len(TIERS)), np.nan), tier_map=mapping, **check)
+    return obs, texts, responses, finish
+
+
+def decision_row(decision: RouteDecision, row_id: str
+                 ) -> tuple[list[float], list[float], list[bool]]:
+    """A decision's per-tier P(acceptable), expected USD and allowed flags, TIERS order.
+
+    An override still carries them (the policy runs the classifier and prices every request it
+    does not answer from the cache), so the no-override variants can be replayed; a decision
+    without them (an exact cache hit) cannot be benchmarked -- the bench's policy has no cache.
+    """
+    missing = [what for what, values in (("scores", decision.scores),
+                                         ("prices", decision.prices),
+                                         ("allowed", decision.allowed))
+               if any(tier not in values for tier in TIERS)]
+    if missing:
+        raise BenchError(f"{row_id}: the decision lacks {missing} (answered from a cache?); "
+                         "the bench observes through a policy without a cache")
+    return ([float(decision.scores[t]) for t in TIERS],
+            [float(decision.prices[t]) for t in TIERS],
+            [bool(decision.allowed[t]) for t in TIERS])
 
 
 def _root(url: str) -> str:

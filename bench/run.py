@@ -1,24 +1,36 @@
-"""``tier-router bench``: every approach on one workload, with intervals, curves and AIQ.
+"""``tier-router bench``'s arithmetic: every approach on one workload's observations, the
+val-fixed curves, AIQ, the paired bootstrap intervals and the headline figures.
 
-Rows: for a built-in workload, the rows of the champion's test fold (the split stage's
-``test.parquet``, so nothing the classifier or its thresholds were fitted on); for a PATH, every
-row. Thresholds come from the models (fitted on validation folds) or the config; nothing here is
-fitted on the rows it reports, except the per-approach curves' hulls, which every approach gets
-alike. ``per_category_mix`` is fitted on the workload's other rows (or, for a PATH, by two-fold
-cross-fitting).
+Rows: the workload's test fold (:mod:`bench.main` chooses them); curves choose their knob
+settings on the workload's *validation* fold, observed the same way. Nothing here is fitted on
+the rows it reports, and nothing is refit per workload:
 
-Approaches (see :mod:`bench.approaches`): ``frontier_only``; ``routing_only`` (overrides, the
-classifier and the gate; a cascade decision goes to the predicted tier); ``cascade_only`` (no
-classifier: cheapest tier first, the response scorer escalates); ``hybrid`` (routing + cascade +
-cache); ``random_mix`` (cheapest tier or frontier at random, at the hybrid's cost);
-``best_fixed_mix`` (the zero router: the best random mix of single tiers at the hybrid's cost);
-``per_category_mix`` (one tier per category); ``oracle`` (cheapest tier that was right).
+* ``hybrid`` is the shipped champion at its stored operating point (``policy.point``: lambda,
+  trust, escalate, score threshold, fitted once by training's calibrate stage on a validation
+  replay of the whole policy), overrides forced, the cascade on, run by
+  :func:`router.gate.replay`. ``routing_only`` is the same with the cascade off;
+  ``hybrid_no_overrides`` (two-tier data) the same without overrides; ``hybrid_no_medium``
+  (three-tier data, RouterBench) the same point with medium disallowed -- does medium pay?
+* ``cascade_only``: no classifier; cheapest tier first, escalate on a failed check, at the
+  stored score threshold.
+* ``frontier_only`` and the other single tiers; ``random_mix`` (cheapest tier or frontier at
+  random) and ``best_fixed_mix`` (the zero router: the best random mix of single tiers), both at
+  the hybrid's cost; ``per_category_mix`` (one tier per category, fitted on training rows);
+  ``oracle`` (the cheapest tier that was right).
+
+Curves (val-fixed, see :mod:`bench.approaches`): ``hybrid``, ``routing_only`` and their variants
+vary ``price_weight`` alone over ``PRICE_WEIGHTS`` (0 and 60 geometric steps from 1 to 1e6
+quality per USD, plus the stored value), every other knob at its stored value; ``cascade_only``
+varies the score threshold over ``SCORE_THRESHOLDS``; ``per_category_mix`` the cost weight over
+``COST_WEIGHTS`` (one rule per weight, each fitted on training rows); ``best_fixed_mix`` which
+single tiers to mix; ``random_mix`` the frontier probability. The settings on the validation
+upper envelope are kept; with no validation rows (a PATH workload) every grid point is.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,9 +39,7 @@ import numpy as np
 
 from bench.approaches import (
     TOP,
-    CacheServe,
     Curve,
-    HybridKnobs,
     Observations,
     Run,
     Sweep,
@@ -37,44 +47,52 @@ from bench.approaches import (
     apply_rule,
     bootstrap_aiq,
     cascade_only,
+    endpoints,
+    envelope_settings,
     hybrid,
     mixture,
     oracle,
     per_category_rule,
-    quality_at,
+    share_curve,
     single_tier,
-    upper_hull,
+    val_fixed_curve,
+    without_medium,
+    x_at,
 )
+from router.classifier import DEFAULT_OUTPUT_TOKENS
 from router.config import RouterConfig
+from router.gate import OperatingPoint
+from router.pricing import estimate_tokens, prompt_chars, tier_prices
 from router.tiers import TIERS
-from training.scoring import CHARS_PER_TOKEN, ESTIMATED_OUTPUT_TOKENS, tier_prices
 from workloads import Workload, WorkloadRecord
 
 logger = logging.getLogger(__name__)
 
+REPORT_FORMAT = 2  # bench-docs renders this format; older reports are named as such
 QUALITY_TARGET = 0.95  # "95% of frontier quality" (DESIGN.md headline and RouteLLM's metric)
-GRID = np.round(np.linspace(0.0, 1.0, 21), 2)  # threshold sweep, step 0.05
-COARSE_GRID = np.round(np.linspace(0.0, 1.0, 11), 2)  # step 0.1, for the 3-knob hybrid sweep
-TRUST_GRID = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
-LAMBDAS = np.concatenate([[0.0], np.geomspace(0.01, 10.0, 30)])  # per-category cost weights
+# lambda (quality per USD): 0 buys the likeliest answer; per-request prices are ~1e-4..1e-2
+# USD, so 1..1e6 runs from "price barely counts" to "always the cheapest allowed tier".
+PRICE_WEIGHTS = np.concatenate([[0.0], np.geomspace(1.0, 1e6, 60)])
+SCORE_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 41), 3)  # cascade_only, step 0.025
+COST_WEIGHTS = np.concatenate([[0.0], np.geomspace(0.01, 10.0, 30)])  # per-category rules
+MIX_PROBABILITIES = np.round(np.linspace(0.0, 1.0, 21), 2)  # random_mix's frontier share
+DIFFERENCE_BASES = ("best_fixed_mix", "per_category_mix", "routing_only", "cascade_only",
+                    "random_mix")
 
 
 @dataclass(frozen=True)
 class BenchSettings:
-    escalate: float
-    trust: float
-    score_threshold: float
+    """What the bench runs: the stored operating point and the product config's cascade."""
+
+    point: OperatingPoint
     max_calls: int
+    cascade: bool = True  # the config's cascade.enabled (the service cascades only then)
     bootstrap: int = 500
     seed: int = 0
-    scorer_ms: float = 0.0  # measured time of one response-scorer call
-    # Per approach, knob settings fitted on a validation fold (fit_operating_points); None:
-    # the models' own fitted thresholds above.
-    fitted: dict[str, dict[str, float]] | None = None
 
 
 def summarise(run: Run, *, n_boot: int, seed: int) -> dict[str, Any]:
-    """The JSON row of one approach."""
+    """The JSON row of one approach (a bootstrap interval on its quality)."""
     known = np.isfinite(run.correct)
     correct = run.correct[known]
     rng = np.random.default_rng(seed)
@@ -87,28 +105,48 @@ def summarise(run: Run, *, n_boot: int, seed: int) -> dict[str, Any]:
         "quality": float(correct.mean()) if len(correct) else None,
         "quality_ci": [float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))],
         "escalation_rate": float(np.mean(run.escalated)),
-        "cache_hit_rate": float(np.mean(run.cache_hit)),
         "frontier_call_share": float(np.mean(run.frontier)),
+        "mean_calls": float(np.mean(run.calls)),
         "rows_with_known_quality": int(known.sum()),
     }
 
 
+def group_summary(runs: Mapping[str, Run], groups: Sequence[str]) -> dict[str, Any]:
+    """Per approach and group (e.g. the mixed workload's parts): rows, cost per task,
+    quality, escalation rate, frontier-call share and p95 latency."""
+    labels = np.asarray(groups)
+    out: dict[str, Any] = {}
+    for name, run in runs.items():
+        out[name] = {}
+        for group in sorted(set(groups)):
+            mask = labels == group
+            correct = run.correct[mask]
+            known = np.isfinite(correct)
+            out[name][group] = {
+                "rows": int(mask.sum()), "cost_per_task": float(run.cost[mask].mean()),
+                "quality": float(correct[known].mean()) if known.any() else None,
+                "escalation_rate": float(np.mean(run.escalated[mask])),
+                "frontier_call_share": float(np.mean(run.frontier[mask])),
+                "p95_latency_ms": float(np.percentile(run.latency_ms[mask], 95))}
+    return out
+
+
 def training_table(workload: Workload, records: Sequence[WorkloadRecord], config: RouterConfig,
                    mapping: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Recorded correctness and cost (m, 3) of ``records``; costs estimated where unrecorded."""
+    """Recorded correctness and cost (m, 3) of ``records`` (through ``mapping`` (3,)); costs
+    estimated from the config's prices where the data records none (RouteLLM's)."""
     prices = tier_prices(config)
     correct = np.full((len(records), len(TIERS)), np.nan)
     cost = np.zeros((len(records), len(TIERS)))
     for i, record in enumerate(records):
-        tokens = sum(len(t) for t in record.turns) / CHARS_PER_TOKEN
+        tokens = estimate_tokens(prompt_chars(record.turns))
         for j in range(len(TIERS)):
             tier = TIERS[mapping[j]]
             outcome = workload.tier_outcome(record, tier)
             if outcome is not None and outcome.correct is not None:
                 correct[i, j] = float(outcome.correct)
             cost[i, j] = (outcome.cost_usd if outcome is not None and outcome.cost_usd is not None
-                          else tokens * prices[tier][0]
-                          + ESTIMATED_OUTPUT_TOKENS * prices[tier][1])
+                          else tokens * prices[tier][0] + DEFAULT_OUTPUT_TOKENS * prices[tier][1])
     return correct, cost
 
 
@@ -116,9 +154,10 @@ def training_table(workload: Workload, records: Sequence[WorkloadRecord], config
 class CategoryRules:
     """Per-category rules fitted on training rows: one per cost weight, and the chosen one."""
 
-    rules: list[dict[str, int]]  # one per LAMBDAS weight, cheapest-leaning last
+    rules: list[dict[str, int]]  # one per COST_WEIGHTS weight, cheapest-leaning last
     chosen: dict[str, int]
     weight: float
+    weights: tuple[float, ...] = ()  # the cost weight of each rule (COST_WEIGHTS by default)
 
 
 def fit_category_rules(categories: Sequence[str], correct: np.ndarray, cost: np.ndarray,
@@ -128,7 +167,7 @@ def fit_category_rules(categories: Sequence[str], correct: np.ndarray, cost: np.
     frontier_quality = float(np.nanmean(correct[:, TOP]))
     rows = np.arange(len(categories))
     rules, best = [], None
-    for weight in LAMBDAS:
+    for weight in COST_WEIGHTS:
         rule = per_category_rule(categories, correct, cost, tiers, float(weight))
         rules.append(rule)
         j = np.array([rule[c] for c in categories])
@@ -136,147 +175,23 @@ def fit_category_rules(categories: Sequence[str], correct: np.ndarray, cost: np.
         spend = float(cost[rows, j].mean())
         if quality >= QUALITY_TARGET * frontier_quality and (best is None or spend < best[0]):
             best = (spend, rule, float(weight))
+    weights = tuple(float(w) for w in COST_WEIGHTS)
     if best is None:
-        return CategoryRules(rules, rules[0], 0.0)
-    return CategoryRules(rules, best[1], best[2])
-
-
-def frontier_share_for(sweeps: Sequence[Sweep], target_quality: float) -> float | None:
-    """Least frontier-call share reaching ``target_quality`` on the hull of the sweeps' points
-    in (frontier share, quality) space -- RouteLLM's "calls to the strong model" metric."""
-    shares = np.concatenate([s.frontier.mean(axis=1) for s in sweeps])
-    qualities = np.concatenate([s.points()[1] for s in sweeps])
-    curve = upper_hull(shares, qualities, (0.0, -np.inf), (1.0, -np.inf))
-    if curve.quality[-1] < target_quality:
-        return None
-    k = int(np.argmax(curve.quality >= target_quality))
-    if k == 0:
-        return float(curve.cost[0])
-    x0, x1, y0, y1 = curve.cost[k - 1], curve.cost[k], curve.quality[k - 1], curve.quality[k]
-    return float(x0 + (target_quality - y0) * (x1 - x0) / (y1 - y0))
-
-
-def evaluate(obs: Observations, settings: BenchSettings, *, category_rules: CategoryRules,
-             cache: CacheServe | None = None, two_tier: bool = False) -> dict[str, Any]:
-    """Every approach at its operating point, the sweeps, their AIQ and the intervals."""
-    tiers = obs.tiers
-    cheapest_j, frontier_j = tiers[0], TOP
-    frontier = single_tier(obs, frontier_j)
-    cheapest = single_tier(obs, cheapest_j)
-    knobs = HybridKnobs(settings.escalate, settings.trust, settings.score_threshold,
-                        settings.max_calls)
-    fitted = settings.fitted or {}
-    runs: dict[str, Run] = {
-        "frontier_only": frontier,
-        "routing_only": hybrid(obs, replace(knobs, cascade=False,
-                                            **fitted.get("routing_only", {}))),
-        "cascade_only": cascade_only(
-            obs, fitted.get("cascade_only", {}).get("score_threshold", settings.score_threshold),
-            settings.max_calls, scorer_ms=settings.scorer_ms),
-        "hybrid": hybrid(obs, replace(knobs, **fitted.get("hybrid", {})), cache,
-                         scorer_ms=settings.scorer_ms),
-    }
-    target_cost = float(runs["hybrid"].cost.mean())
-    singles = {j: single_tier(obs, j) for j in tiers}
-    runs["random_mix"] = _mix_at(cheapest, frontier, target_cost)
-    runs["best_fixed_mix"] = _best_fixed_at(list(singles.values()), target_cost)
-    runs["per_category_mix"] = apply_rule(obs, category_rules.chosen)
-    runs["oracle"] = oracle(obs)
-
-    sweeps = _sweeps(obs, settings, knobs, singles, category_rules.rules, cache)
-    logger.info("swept %s settings; bootstrapping AIQ",
-                {name: len(sweep.knobs) for name, sweep in sweeps.items()})
-    low = (float(cheapest.cost.mean()), float(np.nanmean(cheapest.correct)))
-    high = (float(frontier.cost.mean()), float(np.nanmean(frontier.correct)))
-    curves = {name: sweep.curve(low, high) for name, sweep in sweeps.items()}
-    aiqs = {name: aiq(curve, low[0], high[0]) for name, curve in curves.items()}
-    boot = bootstrap_aiq(sweeps, frontier, cheapest, n=max(settings.bootstrap // 5, 50),
-                         seed=settings.seed)
-    differences = {}
-    for base in ("best_fixed_mix", "per_category_mix", "routing_only", "cascade_only",
-                 "random_mix"):
-        diff = np.array(boot["hybrid"]) - np.array(boot[base])
-        differences[f"hybrid_minus_{base}"] = {
-            "aiq": aiqs["hybrid"] - aiqs[base],
-            "ci95": [float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))]}
-
-    report: dict[str, Any] = {
-        "rows": len(obs),
-        "tiers": [TIERS[j] for j in tiers],
-        "approaches": {name: summarise(run, n_boot=settings.bootstrap, seed=settings.seed)
-                       for name, run in runs.items()},
-        "aiq": {**aiqs, "differences": differences,
-                "cost_range": [low[0], high[0]]},
-        "curves": {name: {"cost": c.cost.tolist(), "quality": c.quality.tolist()}
-                   for name, c in curves.items()},
-        "sweeps": {name: {"knobs": s.knobs, "cost": s.points()[0].tolist(),
-                          "quality": s.points()[1].tolist()} for name, s in sweeps.items()},
-        "settings": {"escalate": settings.escalate, "trust": settings.trust,
-                     "score_threshold": settings.score_threshold,
-                     "max_calls": settings.max_calls, "fitted_on_validation": fitted},
-    }
-    frontier_quality = high[1]
-    report["headline"] = {
-        "hybrid_quality_ratio": report["approaches"]["hybrid"]["quality"] / frontier_quality,
-        "hybrid_cost_ratio": target_cost / high[0],
-        "curve_cost_ratio_at_95pct_quality": _cost_at(curves["hybrid"],
-                                                      QUALITY_TARGET * frontier_quality, high[0]),
-    }
-    if two_tier:
-        no_overrides = _sweeps(obs, settings, replace(knobs, overrides=False), singles,
-                               category_rules.rules, None, only=("hybrid", "routing_only"))
-        target = QUALITY_TARGET * frontier_quality
-        report["frontier_share_for_95pct_quality"] = {
-            "with_overrides": frontier_share_for([sweeps["hybrid"], sweeps["routing_only"]],
-                                                 target),
-            "without_overrides": frontier_share_for(list(no_overrides.values()), target),
-            "per_category_mix": frontier_share_for([sweeps["per_category_mix"]], target),
-            "random_mix": frontier_share_for([sweeps["random_mix"]], target),
-        }
-    return report
-
-
-FITTED_APPROACHES = ("hybrid", "routing_only", "cascade_only")
-
-
-def fit_operating_points(obs: Observations, settings: BenchSettings,
-                         cache: CacheServe | None = None) -> dict[str, dict[str, float]]:
-    """Per approach with knobs, the setting fitted on ``obs`` (a *validation* fold): the cheapest
-    reaching QUALITY_TARGET x frontier-only's quality there, else the best-quality one -- the
-    same min-cost objective as ``calibrate``. Returns {approach: knob values}."""
-    knobs = HybridKnobs(settings.escalate, settings.trust, settings.score_threshold,
-                        settings.max_calls)
-    singles = {j: single_tier(obs, j) for j in obs.tiers}
-    target = QUALITY_TARGET * float(np.nanmean(single_tier(obs, TOP).correct))
-    sweeps = _sweeps(obs, settings, knobs, singles, [], cache, only=FITTED_APPROACHES)
-    chosen = {}
-    for name, sweep in sweeps.items():
-        costs, qualities = sweep.points()
-        ok = np.flatnonzero(qualities >= target)
-        best = int(ok[np.argmin(costs[ok])]) if len(ok) else int(np.nanargmax(qualities))
-        chosen[name] = dict(sweep.knobs[best])
-    return chosen
-
-
-def _cost_at(curve: Curve, quality: float, frontier_cost: float) -> float | None:
-    """Least cost (as a share of frontier-only's) at which the curve reaches ``quality``."""
-    if curve.quality[-1] < quality:
-        return None
-    k = int(np.argmax(curve.quality >= quality))
-    if k == 0:
-        return float(curve.cost[0] / frontier_cost)
-    x0, x1, y0, y1 = curve.cost[k - 1], curve.cost[k], curve.quality[k - 1], curve.quality[k]
-    return float((x0 + (quality - y0) * (x1 - x0) / (y1 - y0)) / frontier_cost)
+        return CategoryRules(rules, rules[0], 0.0, weights)
+    return CategoryRules(rules, best[1], best[2], weights)
 
 
 def _mix_at(cheap: Run, dear: Run, cost: float) -> Run:
+    """Cheapest tier or frontier at random, priced at ``cost`` (clipped to the two ends)."""
     c0, c1 = float(cheap.cost.mean()), float(dear.cost.mean())
     p = float(np.clip((cost - c0) / (c1 - c0), 0.0, 1.0)) if c1 > c0 else 1.0
     return mixture([cheap, dear], [1.0 - p, p])
 
 
 def _best_fixed_at(singles: list[Run], cost: float) -> Run:
-    """The best random mix of two single tiers at ``cost`` (on the singles' upper hull)."""
+    """The best random mix of two single tiers at ``cost`` (on the singles' upper hull): the
+    zero router, measured on the rows it reports (it has no knob that could overfit but the
+    mix itself)."""
     points = [(float(r.cost.mean()), float(np.nanmean(r.correct)), r) for r in singles]
     best: tuple[float, Run] | None = None
     for a in points:
@@ -292,53 +207,192 @@ def _best_fixed_at(singles: list[Run], cost: float) -> Run:
     return best[1]
 
 
-def _sweeps(obs: Observations, settings: BenchSettings, knobs: HybridKnobs,
-            singles: dict[int, Run], category_rules: list[dict[str, int]],
-            cache: CacheServe | None,
-            only: Sequence[str] | None = None) -> dict[str, Sweep]:
-    want = set(only) if only else None
+def price_weight_grid(point: OperatingPoint) -> list[float]:
+    """PRICE_WEIGHTS and the stored lambda (so the curve can pass through the stored point)."""
+    return sorted({float(w) for w in PRICE_WEIGHTS} | {float(point.price_weight)})
 
-    def wanted(name: str) -> bool:
-        return want is None or name in want
 
-    sweeps: dict[str, Sweep] = {}
-    # Gate settings: every (escalate <= trust) pair on a coarse grid, the fitted pair included.
-    gates = sorted({(float(e), float(t)) for t in TRUST_GRID for e in COARSE_GRID if e <= t}
-                   | {(knobs.escalate, knobs.trust)})
-    if wanted("hybrid"):
-        settings_h = [{"escalate": e, "trust": t, "score_threshold": float(s)}
-                      for e, t in gates for s in COARSE_GRID]
-        sweeps["hybrid"] = Sweep.of("hybrid", settings_h, lambda k: hybrid(
-            obs, replace(knobs, escalate=k["escalate"], trust=k["trust"],
-                         score_threshold=k["score_threshold"]), cache, settings.scorer_ms))
-    if wanted("routing_only"):
-        sweeps["routing_only"] = Sweep.of(
-            "routing_only", [{"escalate": e, "trust": t} for e, t in gates],
-            lambda k: hybrid(obs, replace(knobs, escalate=k["escalate"], trust=k["trust"],
-                                          cascade=False)))
-    if wanted("cascade_only"):
-        sweeps["cascade_only"] = Sweep.of(
-            "cascade_only", [{"score_threshold": float(s)} for s in GRID],
-            lambda k: cascade_only(obs, k["score_threshold"], knobs.max_calls,
-                                   knobs.overrides, settings.scorer_ms))
-    if wanted("best_fixed_mix"):
-        sweeps["best_fixed_mix"] = Sweep.of(
-            "best_fixed_mix", [{"tier": TIERS[j]} for j in singles],
-            lambda k: singles[TIERS.index(k["tier"])])
-    if wanted("random_mix"):
-        ends = [singles[min(singles)], singles[TOP]]
-        sweeps["random_mix"] = Sweep.of(
-            "random_mix", [{"frontier_probability": float(p)} for p in GRID],
-            lambda k: mixture(ends, [1 - k["frontier_probability"], k["frontier_probability"]]))
-    if wanted("per_category_mix"):
-        sweeps["per_category_mix"] = Sweep.of(
-            "per_category_mix", [{"rule": k} for k in range(len(category_rules))],
-            lambda k: apply_rule(obs, category_rules[k["rule"]]))
+def score_threshold_grid(point: OperatingPoint) -> list[float]:
+    """SCORE_THRESHOLDS and the stored score threshold."""
+    return sorted({float(s) for s in SCORE_THRESHOLDS} | {float(point.score_threshold)})
+
+
+def sweeps_for(obs: Observations, settings: BenchSettings, category_rules: CategoryRules, *,
+               two_tier: bool = False, medium_ablation: bool = False) -> dict[str, Sweep]:
+    """Every curve's grid on ``obs`` (test or validation: the same settings in the same order,
+    so indices kept on validation name the same settings on test)."""
+    point, calls, on = settings.point, settings.max_calls, settings.cascade
+    weights = price_weight_grid(point)
+
+    def at(weight: float) -> OperatingPoint:
+        return replace(point, price_weight=weight, source=f"{point.source}, lambda swept")
+
+    lam = [{"price_weight": w} for w in weights]
+    sweeps = {
+        "hybrid": Sweep.of("hybrid", lam, lambda k: hybrid(
+            obs, at(k["price_weight"]), max_calls=calls, cascade=on)),
+        "routing_only": Sweep.of("routing_only", lam, lambda k: hybrid(
+            obs, at(k["price_weight"]), max_calls=calls, cascade=False)),
+    }
+    if two_tier:
+        sweeps["hybrid_no_overrides"] = Sweep.of("hybrid_no_overrides", lam, lambda k: hybrid(
+            obs, at(k["price_weight"]), max_calls=calls, cascade=on, overrides=False))
+    if medium_ablation:
+        no_medium = without_medium(obs)
+        sweeps["hybrid_no_medium"] = Sweep.of("hybrid_no_medium", lam, lambda k: hybrid(
+            obs, at(k["price_weight"]), max_calls=calls, cascade=on, allowed=no_medium))
+    sweeps["cascade_only"] = Sweep.of(
+        "cascade_only", [{"score_threshold": s} for s in score_threshold_grid(point)],
+        lambda k: cascade_only(obs, k["score_threshold"], max_calls=calls))
+    cost_weights = category_rules.weights or tuple(range(len(category_rules.rules)))
+    sweeps["per_category_mix"] = Sweep.of(
+        "per_category_mix", [{"cost_weight": float(w), "rule": k}
+                             for k, w in enumerate(cost_weights)],
+        lambda k: apply_rule(obs, category_rules.rules[k["rule"]]))
+    singles = {j: single_tier(obs, j) for j in obs.tiers}
+    sweeps["best_fixed_mix"] = Sweep.of(
+        "best_fixed_mix", [{"tier": TIERS[j]} for j in singles],
+        lambda k: singles[TIERS.index(k["tier"])])
+    ends = [singles[min(singles)], singles[TOP]]
+    sweeps["random_mix"] = Sweep.of(
+        "random_mix", [{"frontier_probability": float(p)} for p in MIX_PROBABILITIES],
+        lambda k: mixture(ends, [1 - k["frontier_probability"], k["frontier_probability"]]))
     return sweeps
 
 
+def _sweep_points(sweep: Sweep) -> dict[str, list[float]]:
+    costs, qualities = sweep.points()
+    return {"cost": costs.tolist(), "quality": qualities.tolist(),
+            "frontier_share": sweep.shares().tolist()}
+
+
+def _ratio(value: float | None, of: float) -> float | None:
+    return None if value is None or not of else float(value / of)
+
+
+def evaluate(obs: Observations, settings: BenchSettings, *, category_rules: CategoryRules,
+             validation: Observations | None = None, two_tier: bool = False,
+             medium_ablation: bool = False, groups: Sequence[str] | None = None
+             ) -> dict[str, Any]:
+    """Every approach at its operating point, the val-fixed curves, their AIQ, the paired
+    bootstrap intervals of the AIQ differences and the headline figures.
+
+    ``obs``: the test rows; ``validation``: the validation rows the curves keep their settings
+    on (None: every grid point is kept, and the report says so). ``two_tier``: add the runs
+    without overrides and the frontier-call shares; ``medium_ablation``: add
+    ``hybrid_no_medium`` and its AIQ difference from ``hybrid``; ``groups`` (n,): a label per
+    test row (the mixed workload's parts) to break the stored-point runs down by."""
+    point, calls, on = settings.point, settings.max_calls, settings.cascade
+    tiers = obs.tiers
+    singles = {j: single_tier(obs, j) for j in tiers}
+    cheapest, frontier = singles[tiers[0]], singles[TOP]
+    runs: dict[str, Run] = {"frontier_only": frontier}
+    for j in tiers:
+        if j != TOP:
+            runs[f"{TIERS[j]}_only"] = singles[j]
+    runs["hybrid"] = hybrid(obs, point, max_calls=calls, cascade=on)
+    runs["routing_only"] = hybrid(obs, point, max_calls=calls, cascade=False)
+    if two_tier:
+        runs["hybrid_no_overrides"] = hybrid(obs, point, max_calls=calls, cascade=on,
+                                             overrides=False)
+    if medium_ablation:
+        runs["hybrid_no_medium"] = hybrid(obs, point, max_calls=calls, cascade=on,
+                                          allowed=without_medium(obs))
+    runs["cascade_only"] = cascade_only(obs, point.score_threshold, max_calls=calls)
+    target_cost = float(runs["hybrid"].cost.mean())
+    runs["random_mix"] = _mix_at(cheapest, frontier, target_cost)
+    runs["best_fixed_mix"] = _best_fixed_at(list(singles.values()), target_cost)
+    runs["per_category_mix"] = apply_rule(obs, category_rules.chosen)
+    runs["oracle"] = oracle(obs)
+
+    flags = {"two_tier": two_tier, "medium_ablation": medium_ablation}
+    sweeps = sweeps_for(obs, settings, category_rules, **flags)
+    low, high = endpoints(cheapest, frontier)
+    if validation is not None and len(validation):
+        val_sweeps = sweeps_for(validation, settings, category_rules, **flags)
+        val_singles = {j: single_tier(validation, j) for j in validation.tiers}
+        val_low, val_high = endpoints(val_singles[min(val_singles)], val_singles[TOP])
+        keep = {name: envelope_settings(val_sweeps[name], val_low, val_high)
+                for name in sweeps}
+        protocol = (f"val-fixed: settings on the upper envelope of {len(validation)} "
+                    "validation rows, their test points joined linearly (no envelope on test)")
+    else:
+        val_sweeps = {}
+        keep = {name: list(range(len(sweep.knobs))) for name, sweep in sweeps.items()}
+        protocol = ("no validation rows: every grid point's test point, joined linearly "
+                    "(no envelope on test)")
+    logger.info("curves: %s settings kept of %s; bootstrapping AIQ",
+                {name: len(k) for name, k in keep.items()},
+                {name: len(s.knobs) for name, s in sweeps.items()})
+    curves = {name: val_fixed_curve(sweep, keep[name], low, high)
+              for name, sweep in sweeps.items()}
+    aiqs = {name: aiq(curve, low[0], high[0]) for name, curve in curves.items()}
+    boot = bootstrap_aiq(sweeps, keep, frontier, cheapest, n=settings.bootstrap,
+                         seed=settings.seed)
+    bases = [*DIFFERENCE_BASES, *(["hybrid_no_medium"] if medium_ablation else [])]
+    differences = {}
+    for base in bases:
+        diff = boot["hybrid"] - boot[base]
+        differences[f"hybrid_minus_{base}"] = {
+            "aiq": aiqs["hybrid"] - aiqs[base],
+            "ci95": [float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))]}
+
+    approaches = {name: summarise(run, n_boot=settings.bootstrap, seed=settings.seed)
+                  for name, run in runs.items()}
+    frontier_quality, frontier_cost = high[1], high[0]
+    target = QUALITY_TARGET * frontier_quality
+    stored = approaches["hybrid"]
+    report: dict[str, Any] = {
+        "report_format": REPORT_FORMAT,
+        "rows": len(obs),
+        "validation_rows": 0 if validation is None else len(validation),
+        "tiers": [TIERS[j] for j in tiers],
+        "point": {**point.as_dict(), "source": point.source, "max_calls": calls,
+                  "cascade": on},
+        "approaches": approaches,
+        "curve_protocol": protocol,
+        "grids": {"price_weight": price_weight_grid(point),
+                  "score_threshold": score_threshold_grid(point),
+                  "cost_weight": [k["cost_weight"] for k in sweeps["per_category_mix"].knobs]},
+        "aiq": {**aiqs, "differences": differences, "cost_range": [low[0], high[0]],
+                "bootstrap": settings.bootstrap},
+        "curves": {name: {"cost": c.cost.tolist(), "quality": c.quality.tolist(),
+                          "kept": [sweeps[name].knobs[k] for k in keep[name]]}
+                   for name, c in curves.items()},
+        "sweeps": {name: {"knobs": s.knobs, "test": _sweep_points(s),
+                          "validation": (_sweep_points(val_sweeps[name]) if val_sweeps
+                                         else None)}
+                   for name, s in sweeps.items()},
+        "headline": {
+            "cost_ratio_at_95pct_quality": _ratio(x_at(curves["hybrid"], target),
+                                                  frontier_cost),
+            "stored_point": {
+                "cost_ratio": _ratio(stored["cost_per_task"], frontier_cost),
+                "quality_ratio": _ratio(stored["quality"], frontier_quality),
+                "escalation_rate": stored["escalation_rate"],
+                "frontier_call_share": stored["frontier_call_share"],
+                "p95_latency_ratio": _ratio(stored["p95_latency_ms"],
+                                            approaches["frontier_only"]["p95_latency_ms"])},
+        },
+    }
+    if groups is not None:
+        report["by_group"] = group_summary(
+            {name: runs[name] for name in ("hybrid", "routing_only", "cascade_only",
+                                           "frontier_only")}, groups)
+    if two_tier:
+        qc = low[1]
+
+        def share(name: str) -> float | None:
+            return x_at(share_curve(sweeps[name], keep[name], qc, frontier_quality), target)
+
+        report["frontier_share_for_95pct_quality"] = {
+            "with_overrides": share("hybrid"), "without_overrides": share("hybrid_no_overrides"),
+            "per_category_mix": share("per_category_mix"), "random_mix": share("random_mix")}
+    return report
+
+
 def write_plots(report: dict[str, Any], folder: Path, name: str) -> list[Path]:
-    """Cost/quality curves of every approach as ``folder/<name>.png``, operating points marked."""
+    """The val-fixed cost/quality curves as ``folder/<name>.png``, stored points marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -350,11 +404,13 @@ def write_plots(report: dict[str, Any], folder: Path, name: str) -> list[Path]:
         ax.plot(curve["cost"], curve["quality"], marker=".", label=f"{approach} "
                 f"(AIQ {report['aiq'][approach]:.3f})")
     for approach, row in report["approaches"].items():
+        if row["quality"] is None:
+            continue
         ax.scatter([row["cost_per_task"]], [row["quality"]], marker="x")
         ax.annotate(approach, (row["cost_per_task"], row["quality"]), fontsize=7)
     ax.set_xlabel("cost per task (USD)")
     ax.set_ylabel("quality (share correct)")
-    ax.set_title(f"{name}: {report['rows']} rows")
+    ax.set_title(f"{name}: {report['rows']} test rows, val-fixed curves")
     ax.legend(fontsize=7, loc="lower right")
     path = folder / f"{name}.png"
     fig.tight_layout()
@@ -363,5 +419,5 @@ def write_plots(report: dict[str, Any], folder: Path, name: str) -> list[Path]:
     return [path]
 
 
-__all__ = ["BenchSettings", "CategoryRules", "evaluate", "fit_category_rules", "quality_at",
-           "summarise", "training_table", "write_plots"]
+__all__ = ["BenchSettings", "CategoryRules", "Curve", "evaluate", "fit_category_rules",
+           "group_summary", "summarise", "sweeps_for", "training_table", "write_plots"]

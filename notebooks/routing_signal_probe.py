@@ -2,17 +2,19 @@
 
 Analysis only (nothing imports it). Reads the observations `tier-router bench` saved
 (``var/bench/<workload>.npz``, test fold) and the split folds, embeds the prompts with frozen
-MiniLM, and prints AIQ (bench.approaches.aiq, same cost range) for routing rules that differ in
-*what they know* and *how they decide*:
+MiniLM, and prints AIQ (bench.approaches.aiq, same cost range) for per-tier success estimates
+that differ in *what they know*, every one decided by the router's own rule
+(:func:`router.gate.replay`: the tier maximising ``P(acceptable) - lambda * expected price``,
+lambda swept, routing only, no gate escalations, no overrides):
 
-* ``classifier_gate``: the champion classifier's probabilities through the gate sweep (the
-  bench's routing_only curve).
-* ``knn_labels_gate``: the same gate on a k-nearest-neighbour vote of the training rows'
-  cheapest-sufficient-tier labels (frozen MiniLM, cosine) -- a second model, same labels.
+* ``classifier``: the served classifier's per-tier P and allowed tiers, as observed (the
+  bench's routing_only curve, without its gate).
+* ``knn_labels``: a k-nearest-neighbour vote of the training rows' cheapest-sufficient-tier
+  labels (frozen MiniLM, cosine), its cumulative sum read as P(tier suffices) -- the softmax
+  ablation's reading, on a second model.
 * ``knn_utility``: per-tier P(correct) estimated from the k nearest training rows' recorded
-  outcomes, then the tier maximising ``P(correct) - lambda * cost`` swept over lambda -- same
-  embeddings, a cost-aware decision rule instead of the labels.
-* ``category_utility``: the same rule on the category's training-row means (knows eval_name).
+  outcomes -- same embeddings, the per-tier success targets instead of the labels.
+* ``category_utility``: the category's training-row means (knows eval_name).
 * ``category_knn_utility``: k nearest rows *within* the category, shrunk towards its mean
   (knows eval_name and the prompt): if the prompt carried signal beyond the category this would
   beat ``category_utility``.
@@ -33,14 +35,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.approaches import TOP, Observations, aiq, single_tier, upper_hull
-from bench.run import BenchSettings, HybridKnobs, _sweeps
+from bench.approaches import TOP, Observations, aiq, hybrid, single_tier, upper_hull
 from router.cache.encoder import MiniLMEncoder
+from router.gate import OperatingPoint
 from router.tiers import TIERS
 
 SPLIT = Path("data/pipeline/split")
 CACHE = Path("var/probe")
-LAMBDAS = np.concatenate([[0.0], np.geomspace(1e-2, 1e2, 80)])  # x mean frontier cost
+LAMBDAS = np.concatenate([[0.0], np.geomspace(1e-2, 1e2, 80)])  # / mean frontier price
 
 
 def embedded(fold: str, source: str, encoder: MiniLMEncoder) -> tuple[pd.DataFrame, np.ndarray]:
@@ -64,15 +66,27 @@ def outcome_table(rows: pd.DataFrame) -> np.ndarray:
     return np.array([tier_values(o) for o in rows["outcomes"]])
 
 
-def utility_aiq(obs: Observations, p_correct: np.ndarray) -> float:
-    """AIQ of 'argmax_j P(correct_j) - lambda * cost_j' over the lambda sweep. Cost per row
-    and tier is what that call cost (input tokens dominate it, so a router can estimate it)."""
-    r = np.arange(len(obs))
-    scale = float(obs.cost[:, TOP].mean())
+def rule_aiq(obs: Observations, p: np.ndarray, allowed: np.ndarray | None = None) -> float:
+    """AIQ of the router's rule on per-tier success estimates ``p`` (n, 3) over the lambda
+    sweep, charged at the recorded calls. Lambda is in units of the mean expected frontier
+    price, so every estimate sweeps the same range; ``allowed`` (n, 3): the tiers ``p``
+    estimates (not NaN: a tier the workload never records, GSM8K's medium) if None."""
+    scale = float(obs.prices[:, TOP].mean())
+    p = np.asarray(p, dtype=float)
+    if allowed is None:
+        allowed = np.isfinite(p)
+        p = np.nan_to_num(p)
+    # No check statistics: the rule alone decides (with them, a row the rule would cascade
+    # goes, routing only, to the cheaper tier it would have checked).
+    probed = replace(obs, p=p, allowed=allowed,
+                     **dict.fromkeys(("check_thresholds", "check_tpr", "check_fpr", "check_rwr",
+                                      "check_rww", "checkable")))
     points = []
     for lam in LAMBDAS:
-        j = obs.mapped(np.argmax(p_correct - lam * obs.cost / scale, axis=1))
-        points.append((obs.cost[r, j].mean(), np.nanmean(obs.correct[r, j])))
+        point = OperatingPoint(price_weight=float(lam) / scale, trust=0.0, escalate=0.0,
+                               score_threshold=0.0, source="probe")
+        run = hybrid(probed, point, max_calls=1, cascade=False, overrides=False)
+        points.append((run.cost.mean(), np.nanmean(run.correct)))
     return _aiq(obs, *np.array(points).T)
 
 
@@ -85,15 +99,6 @@ def _ends(obs: Observations) -> tuple[tuple[float, float], tuple[float, float]]:
 def _aiq(obs: Observations, costs: np.ndarray, qualities: np.ndarray) -> float:
     low, high = _ends(obs)
     return aiq(upper_hull(costs, qualities, low, high), low[0], high[0])
-
-
-def gate_aiq(obs: Observations) -> float:
-    settings = BenchSettings(0.5, 0.9, 0.8, 2)
-    singles = {j: single_tier(obs, j) for j in obs.tiers}
-    sweep = _sweeps(obs, settings, HybridKnobs(0.5, 0.9, 0.8, 2), singles, [], None,
-                    only=("routing_only",))["routing_only"]
-    low, high = _ends(obs)
-    return aiq(sweep.curve(low, high), low[0], high[0])
 
 
 def neighbours(query: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
@@ -116,13 +121,16 @@ def main() -> None:
     position = {row_id: i for i, row_id in enumerate(test["row_id"])}
     queries = queries[[position[i] for i in obs.ids]]
     correct = outcome_table(train)
-    prior = np.nanmean(correct, axis=0)
+    recorded = np.isfinite(correct).any(axis=0)  # a tier the workload never records stays NaN
+    prior = np.full(len(TIERS), np.nan)
+    prior[recorded] = np.nanmean(correct[:, recorded], axis=0)
     correct = np.where(np.isnan(correct), prior, correct)
     labels = np.stack([(train["label"] == t).to_numpy(float) for t in TIERS], axis=1)
 
     nn = neighbours(queries, keys, args.k)
     votes = labels[nn].sum(axis=1) + 0.5 * labels.mean(axis=0)
-    knn_probs = votes / votes.sum(axis=1, keepdims=True)
+    # P(cheapest sufficient tier <= t) = P(tier t suffices), as the softmax head reads it
+    knn_suffices = np.cumsum(votes / votes.sum(axis=1, keepdims=True), axis=1)
     knn_correct = (correct[nn].sum(axis=1) + 2 * prior) / (args.k + 2)
 
     categories = np.asarray(obs.categories)
@@ -142,11 +150,11 @@ def main() -> None:
 
     result = {
         "workload": args.workload, "rows": len(obs), "k": args.k,
-        "classifier_gate": gate_aiq(obs),
-        "knn_labels_gate": gate_aiq(replace(obs, probs=knn_probs)),
-        "knn_utility": utility_aiq(obs, knn_correct),
-        "category_utility": utility_aiq(obs, by_category),
-        "category_knn_utility": utility_aiq(obs, within),
+        "classifier": rule_aiq(obs, obs.p, obs.allowed),
+        "knn_labels": rule_aiq(obs, knn_suffices),
+        "knn_utility": rule_aiq(obs, knn_correct),
+        "category_utility": rule_aiq(obs, by_category),
+        "category_knn_utility": rule_aiq(obs, within),
     }
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
                       for k, v in result.items()}, indent=1))

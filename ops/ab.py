@@ -16,7 +16,7 @@ better -- one that is better on some metric and worse on none, each judged by wh
 excludes zero -- or a trade-off, or no detectable difference.
 
 :func:`replay` is the offline comparison: the logged classifier scores of past traffic gated
-again under each variant's thresholds, giving each variant's tier mix, gate escalation rate and
+again under each variant's operating point, giving each variant's tier mix, gate escalation rate and
 estimated cost per task (the answer's recorded tokens priced at the tier the variant would have
 chosen first). Quality cannot be replayed from a log without outcomes; it says so.
 """
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from router.config import ABVariant, RouterConfig
-from router.gate import Thresholds, decide
+from router.gate import OperatingPoint, decide, resolve_point
 from router.telemetry import DecisionRecord
 from router.tiers import TIERS
 
@@ -145,26 +145,32 @@ def _verdict(control: str, name: str, row: Mapping[str, Mapping[str, Any]]) -> s
 
 
 def replay(records: Sequence[DecisionRecord], variants: Sequence[ABVariant],
-           config: RouterConfig, model_thresholds: Thresholds | None) -> dict[str, Any]:
+           config: RouterConfig, model_point: OperatingPoint | None) -> dict[str, Any]:
     """The offline comparison (module docstring) over the records the gate decided (classifier
-    scores present; no override, pin or cache hit). ``model_thresholds``: what a variant
-    without ``gate`` uses (the model's fitted ones); needed only for such a variant."""
-    gated = [r for r in records if r.scores and r.gate_action is not None]
+    scores and the expected prices the decision weighed present; no override, pin or cache
+    hit). ``model_point``: what a variant without ``gate`` uses (the model's fitted point);
+    needed only for such a variant."""
+    gated = [r for r in records if r.scores and r.gate_action is not None
+             and (r.extra or {}).get("expected_cost_usd")]
     out: dict[str, Any] = {"requests": len(gated), "variants": {},
+                           "skipped_without_prices": sum(
+                               1 for r in records if r.scores and r.gate_action is not None
+                               and not (r.extra or {}).get("expected_cost_usd")),
                            "quality": "not replayable: the log holds feedback on the tier that "
                                       "answered, not outcomes for the others"}
     for variant in variants:
         if variant.gate is not None:
-            thresholds = Thresholds(variant.gate.escalate_threshold,
-                                    variant.gate.trust_threshold, f"ab:{variant.name}")
-        elif model_thresholds is not None:
-            thresholds = model_thresholds
+            point = resolve_point(variant.gate, variant=(variant.name, variant.gate))
+        elif model_point is not None:
+            point = model_point
         else:
-            raise ValueError(f"variant {variant.name!r} uses the model's thresholds: name the "
-                             f"model (--model) to replay it")
+            raise ValueError(f"variant {variant.name!r} uses the model's operating point: name "
+                             f"the model (--model) to replay it")
         tiers, costs, escalations = [], [], 0
         for record in gated:
-            decision = decide(record.scores, thresholds)
+            allowed = (record.extra or {}).get("allowed")
+            decision = decide(record.scores, record.extra["expected_cost_usd"], point,
+                              None if allowed is None else {t: t in allowed for t in TIERS})
             tiers.append(decision.target_tier)
             escalations += decision.action == "escalate"
             cost = config.list_price(decision.target_tier, record.prompt_tokens,
@@ -173,7 +179,7 @@ def replay(records: Sequence[DecisionRecord], variants: Sequence[ABVariant],
                 costs.append(cost)
         n = len(gated)
         out["variants"][variant.name] = {
-            "thresholds": thresholds.as_dict(),
+            "thresholds": point.as_dict(),
             "gate_escalation_rate": escalations / n if n else None,
             "tier_share": {t: (tiers.count(t) / n if n else None) for t in TIERS},
             "est_cost_per_task_usd": float(np.mean(costs)) if costs else None,

@@ -132,18 +132,17 @@ def ab_replay(
     """Offline: gate the logged traffic again under each variant of the config's ``ab``
     section: tier mix, gate escalation rate, estimated cost per task."""
     from ops.ab import replay
-    from router.gate import resolve_thresholds
+    from router.gate import resolve_point
 
     router_config = _config(config)
     if not router_config.ab.variants:
         raise _fail(f"{config}: ab declares no variants to replay")
-    thresholds = None
+    point = None
     if model is not None:
-        meta = _model_meta(model, tracking_uri)
-        thresholds = resolve_thresholds(router_config.gate, meta.thresholds, meta.version)
+        point = resolve_point(router_config.gate, _model_meta(model, tracking_uri).operating_point)
     records = _records(router_config, db, since, until)
     try:
-        _emit(replay(records, router_config.ab.variants, router_config, thresholds), out)
+        _emit(replay(records, router_config.ab.variants, router_config, point), out)
     except ValueError as exc:
         raise _fail(str(exc)) from None
 

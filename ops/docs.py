@@ -200,7 +200,15 @@ def _setting(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, int | float):
         return _number(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_setting(item) for item in value) + "]"
     return str(value)
+
+
+def _field_rows(section: Any, notes: Mapping[str, str]) -> list[list[str]]:
+    """Every field of a config section, in declaration order: name, value, what it does."""
+    return [[_code(name), _code(_setting(getattr(section, name))), notes.get(name, "")]
+            for name in type(section).model_fields]
 
 
 # --- blueprint ------------------------------------------------------------------------------
@@ -271,36 +279,50 @@ def render_fallback_matrix(config: RouterConfig) -> str:
             + _table(["setting", "value", "what it does"], setting_rows))
 
 
+# What each knob of the decision's operating point does (router.gate); a GateConfig field added
+# without a note here renders with its value only: add the note.
+_GATE_NOTES = {
+    "price_weight": "lambda, quality per USD: the rule chooses the allowed tier maximising "
+                    "P(acceptable) - lambda x the request's expected USD there (0: the likeliest "
+                    "answer whatever it costs)",
+    "escalate_threshold": "confidence (P of the chosen tier) below it: **escalate** (unless a "
+                          "cascade is worth more) to the cheapest allowed tier above whose P "
+                          "reaches `trust_threshold`, else `critical`",
+    "trust_threshold": "the P an escalation target must reach; without check statistics (a "
+                       "classifier with no neighbourhood table, e.g. vLLM), confidence from "
+                       "`escalate_threshold` up to it **cascades** the chosen tier",
+    "score_threshold": "an answer the response scorer rates below it fails its check (band "
+                       "cascades, and every check after a cascade's first)",
+    "escalation_weight": "mu: quality a cascade must gain per expected escalation (a failed "
+                         "check's second call costs latency the rule does not otherwise see)",
+}
+
+
 def render_overrides(config: RouterConfig) -> str:
-    """The domain override rules and the gate's default thresholds."""
+    """The domain override rules and the defaults of the decision's operating point."""
     overrides = config.overrides
     state = "on" if overrides.enabled else "**off** (`overrides.enabled: false`)"
     rows = [[_code(rule.name), rule.domain, f"`{rule.tier}`",
              ", ".join(rule.keywords) or "(none)",
              "<br>".join(_code(pattern) for pattern in rule.patterns) or "(none)"]
             for rule in overrides.rules]
-    gate = config.gate
     return (f"Overrides are {state}; the first rule that matches wins.\n\n"
             + (_table(["rule", "domain", "tier", "keywords (whole words, any case)",
                        "patterns (regular expressions, any case)"], rows)
                if rows else "No rules are configured.\n")
-            + "\nGate defaults (`gate`):\n\n"
-            + _table(["threshold", "default", "meaning"], [
-                ["`escalate_threshold`", _number(gate.escalate_threshold),
-                 "confidence below it: **escalate** above the predicted tier"],
-                ["`trust_threshold`", _number(gate.trust_threshold),
-                 "confidence at or above it: **route** to the predicted tier; between the two: "
-                 "**cascade**"]]))
+            + "\nOperating-point defaults (`gate`):\n\n"
+            + _table(["setting", "default", "what it does"],
+                     _field_rows(config.gate, _GATE_NOTES)))
 
 
 _CASCADE_NOTES = {
-    "enabled": "cascade the band between the gate's thresholds (off: route it to the predicted "
-               "tier)",
-    "max_calls": "most tier calls per request; the last allowed call goes to `critical`",
-    "score_threshold": "escalate while the response scorer's P(correct) is below it (a "
-                       "threshold fitted with the scorer wins)",
-    "latency_budget_ms": "a request whose budget a cascade would overrun goes straight to the "
-                         "gate's tier",
+    "enabled": "cascade where the decision values checking a cheaper tier's answer above "
+               "routing (off: such a request is dispatched to the tier it would have checked, "
+               "unchecked)",
+    "max_calls": "most tier calls per request; after a failed check the rule chooses among the "
+                 "allowed tiers above the one that answered",
+    "latency_budget_ms": "a request whose budget a cascade would overrun (its first call plus a "
+                         "frontier call, at the tiers' recent latencies) is not cascaded",
     "latency_budget_header": "request header carrying a per-request latency budget",
 }
 _CACHE_NOTES = {
@@ -319,14 +341,12 @@ _CACHE_NOTES = {
 
 def render_cascade_cache(config: RouterConfig) -> str:
     """The cascade and cache sections, every field with its value."""
-    def rows(section: Any, notes: Mapping[str, str]) -> list[list[str]]:
-        return [[_code(name), _code(_setting(getattr(section, name))), notes.get(name, "")]
-                for name in type(section).model_fields]
-
     return ("Cascade (`cascade`):\n\n"
-            + _table(["setting", "value", "what it does"], rows(config.cascade, _CASCADE_NOTES))
+            + _table(["setting", "value", "what it does"],
+                     _field_rows(config.cascade, _CASCADE_NOTES))
             + "\nSemantic cache (`cache`):\n\n"
-            + _table(["setting", "value", "what it does"], rows(config.cache, _CACHE_NOTES)))
+            + _table(["setting", "value", "what it does"],
+                     _field_rows(config.cache, _CACHE_NOTES)))
 
 
 def blueprint_parts(inputs: DocInputs) -> dict[str, str]:
@@ -351,15 +371,16 @@ _COLUMN_NOTES = {
     "created_at": "when (UTC)",
     "text": "the normalised request text, as `decision_log.prompts` keeps it (harvest trains "
             "on it)",
-    "scores": "calibrated probability per tier",
-    "predicted_tier": "the classifier's tier",
-    "confidence": "probability of the predicted tier",
+    "scores": "per tier, the calibrated P(that tier's answer is acceptable)",
+    "predicted_tier": "the tier the decision rule chose (before the gate and any cascade)",
+    "confidence": "P of that tier",
     "gate_action": "`route` / `cascade` / `escalate` (null: override or pin)",
     "override_rule": "the domain rule that fired",
     "override_domain": "its domain",
     "pinned": "the request named a tier or model",
-    "target_tier": "where the decision sent it first",
-    "thresholds": "the escalate / trust thresholds applied",
+    "target_tier": "where the decision sent it first (a cascade: the tier whose answer it "
+                   "checks)",
+    "thresholds": "the operating point applied ({point})",
     "threshold_source": "`config`, `model:<version>` or `ab:<variant>`",
     "deployments_tried": "deployments called, in order, failed ones included",
     "fallbacks": "each same-tier (`deployment`) or next-tier (`tier`) fallback, with its "
@@ -376,8 +397,10 @@ _COLUMN_NOTES = {
     "cache_status": "`miss` / `exact` / `semantic` (null: not consulted)",
     "cache_similarity": "cosine of a semantic hit",
     "feedback": "the user's `/v1/feedback`, for the next harvest",
-    "extra": "further fields: cascade steps, the matched override text, the classifier "
-             "source, the cache entry, a failure's HTTP status...",
+    "extra": "further fields: the expected USD per tier (`expected_cost_usd`) and the allowed "
+             "tiers the rule weighed, the neighbourhood (\"requests like this\"), cascade "
+             "steps (tier, score, threshold, failed, cost), the matched override text, the "
+             "classifier source, the cache entry, a failure's HTTP status...",
     "variant": "the A/B variant the request was assigned (config `ab`), null outside a test",
     "shadow": "what the shadow challenger would have done: its scores, gate action, target "
               "tier, agreement, estimated cost",
@@ -386,21 +409,29 @@ _COLUMN_NOTES = {
 
 def render_decision_columns(table: Table) -> str:
     """The ``decisions`` table's columns: name, SQL type, NULL allowed, what it records."""
+    from router.config import GateConfig
+    from router.gate import config_point
+
+    point = ", ".join(_code(knob) for knob in config_point(GateConfig()).as_dict())
     rows = []
     for column in table.columns:
-        note = column.comment or _COLUMN_NOTES.get(column.name, "")
+        note = column.comment or _COLUMN_NOTES.get(column.name, "").format(point=point)
         rows.append([_code(column.name), type(column.type).__name__.removeprefix("_"),
                      "yes" if column.nullable else "no", note])
     return _table(["column", "type", "null", "records"], rows)
 
 
 def render_ab(config: RouterConfig) -> str:
-    """The ``ab`` section: the switch, the split and each variant's share and thresholds."""
+    """The ``ab`` section: the switch, the split and each variant's share and operating point
+    (a variant's ``gate`` is a whole :class:`router.config.GateConfig`: the knobs it leaves out
+    take their defaults)."""
+    from router.config import GateConfig
+
     ab = config.ab
     total = sum(variant.weight for variant in ab.variants) or 1.0
     head = (f"- `enabled`: `{_setting(ab.enabled)}`"
             + ("" if ab.enabled else " (the test is off: every request uses the model's or the "
-                                     "config's thresholds)") + "\n"
+                                     "config's operating point)") + "\n"
             f"- `split_by`: `{ab.split_by}` ("
             + ("a tenant always sees the same variant" if ab.split_by == "tenant"
                else "each request is assigned on its own")
@@ -408,17 +439,14 @@ def render_ab(config: RouterConfig) -> str:
             f"- `salt`: `{ab.salt}` (change it to reshuffle the assignment)\n")
     if not ab.variants:
         return head + "- no variants configured\n"
+    knobs = list(GateConfig.model_fields)
     rows = []
     for variant in ab.variants:
-        if variant.gate is None:
-            escalate = trust = "fitted with the model"
-        else:
-            escalate = _number(variant.gate.escalate_threshold)
-            trust = _number(variant.gate.trust_threshold)
+        values = (["fitted with the model"] * len(knobs) if variant.gate is None
+                  else [_setting(getattr(variant.gate, knob)) for knob in knobs])
         rows.append([_code(variant.name), _number(variant.weight),
-                     f"{variant.weight / total:.0%}", escalate, trust])
-    return head + "\n" + _table(["variant", "weight", "share", "escalate_threshold",
-                                 "trust_threshold"], rows)
+                     f"{variant.weight / total:.0%}", *values])
+    return head + "\n" + _table(["variant", "weight", "share", *knobs], rows)
 
 
 def render_monitor(config: RouterConfig) -> str:
@@ -509,40 +537,92 @@ def _choices(model: Any, field: str) -> tuple[Any, ...]:
     return typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
 
 
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _allowed(model: Any, field: str) -> str:
+    """What a params field accepts, read from its type: the choices of a ``Literal`` (or of a
+    list of them), or a number / list of numbers with the field's bounds."""
+    info = model.model_fields[field]
+    annotation = info.annotation
+    choices = _choices(model, field)
+    if choices:
+        return ", ".join(_code(c) for c in choices)
+    if typing.get_origin(annotation) is list:
+        (item,) = typing.get_args(annotation)
+        if typing.get_origin(item) is Literal:
+            return "list of " + ", ".join(_code(c) for c in typing.get_args(item))
+        return "list of " + ("integers" if item is int else "numbers" if item is float
+                             else "texts")
+    kind = {int: "integer", float: "number"}.get(annotation, "text")
+    bounds = [f"{symbol} {_number(getattr(rule, name))}" for rule in info.metadata
+              for name, symbol in _BOUNDS if getattr(rule, name, None) is not None]
+    return kind + (f" {', '.join(bounds)}" if bounds else "")
+
+
+# calibrate's params that do not steer the fit (inputs and the drift reference's sample).
+_NOT_FIT_KNOBS = ("router_config", "reference_rows", "reference_seed")
+# The other stages' params that change what calibrate fits.
+_OTHER_FIT_KNOBS = (("train", "head"), ("scorer", "encoder"), ("scorer", "regularisation"),
+                    ("scorer", "calibration"))
+
+
+def _scorer_encoders() -> tuple[str, ...]:
+    from training.scorer import DEFAULT_CHOICES
+
+    return DEFAULT_CHOICES
+
+
 def render_calibration_params(params: Params) -> str:
-    """The gate- and cascade-fitting params: name, current value, allowed values."""
+    """The params that steer the fitted operating point: every ``calibrate`` knob (the inputs
+    and the drift reference's sample aside) and the train / scorer params feeding it, with
+    their current values and what they accept."""
+    knobs = [("calibrate", name) for name in type(params.calibrate).model_fields
+             if name not in _NOT_FIT_KNOBS] + list(_OTHER_FIT_KNOBS)
     rows = []
-    for section_name in ("calibrate", "scorer"):
+    for section_name, field in knobs:
         section = getattr(params, section_name)
-        fields = (("objective", "method", "quality_target", "cost_budget", "grid_step")
-                  if section_name == "calibrate"
-                  else ("objective", "gain_target", "quality_target", "cost_budget",
-                        "grid_step", "calibration"))
-        for field in fields:
-            choices = _choices(type(section), field)
-            rows.append([_code(f"{section_name}.{field}"), _code(_setting(getattr(section, field))),
-                         ", ".join(f"`{c}`" for c in choices) or "number"])
+        allowed = _allowed(type(section), field)
+        if (section_name, field) == ("scorer", "encoder"):  # a str: kinds or a model path
+            allowed = ", ".join(_code(c) for c in _scorer_encoders()) + " or an encoder path"
+        rows.append([_code(f"{section_name}.{field}"), _code(_setting(getattr(section, field))),
+                     allowed])
     return _table(["param (`params.yaml`)", "current", "allowed"], rows)
 
 
+def _others(params: Params, section_name: str, field: str,
+            choices: Sequence[Any] | None = None) -> list[str]:
+    """``dvc exp run -S`` lines for each value of a field other than its current one."""
+    current = getattr(getattr(params, section_name), field)
+    values = choices if choices is not None else _choices(
+        type(getattr(params, section_name)), field)
+    return [f"dvc exp run -S {section_name}.{field}={value}" for value in values
+            if value != current]
+
+
 def render_calibration_commands(params: Params) -> str:
-    """``dvc exp run -S`` lines for each gate- and cascade-fitting objective, at the current
-    targets, so that a run can be compared with the committed fit."""
-    calibrate, scorer = params.calibrate, params.scorer
+    """``dvc exp run -S`` lines for each objective of the operating point's fit, at the current
+    targets (so a run can be compared with the committed fit), and for the other backends,
+    heads and scorer encoders."""
+    calibrate = params.calibrate
+    escalation = f"-S calibrate.max_escalation={_number(calibrate.max_escalation)}"
     lines = [
-        "# the gate's thresholds: cheapest policy reaching quality_target x frontier quality",
+        "# the operating point (price weight, trust, escalate, score threshold, escalation",
+        "# weight), fitted together on a validation replay of the whole policy: the cheapest",
+        "# point reaching quality_target x frontier-only quality, escalating at most",
+        "# max_escalation of requests (gate and cascade together)",
         f"dvc exp run -S calibrate.objective=min_cost "
-        f"-S calibrate.quality_target={_number(calibrate.quality_target)}",
-        "# ... or the best quality costing at most cost_budget x frontier cost",
+        f"-S calibrate.quality_target={_number(calibrate.quality_target)} {escalation}",
+        "# ... or the best quality costing at most cost_budget x frontier-only cost",
         f"dvc exp run -S calibrate.objective=max_quality "
-        f"-S calibrate.cost_budget={_number(calibrate.cost_budget)}",
-        "# the other calibration method (temperature only, or with a logit offset per tier)",
-        *(f"dvc exp run -S calibrate.method={method}"
-          for method in _choices(type(calibrate), "method") if method != calibrate.method),
-        "# the cascade's escalation threshold (the response scorer)",
-        f"dvc exp run -S scorer.objective=gain_share "
-        f"-S scorer.gain_target={_number(scorer.gain_target)}",
-        "# compare the experiments' fitted thresholds and metrics",
+        f"-S calibrate.cost_budget={_number(calibrate.cost_budget)} {escalation}",
+        "# the other classifier backend",
+        *_others(params, "calibrate", "backend"),
+        "# the fine-tuned backbone's other head (retrains: the train stage onwards)",
+        *_others(params, "train", "head"),
+        "# the response scorer's other encoders (what the cascade's checks read)",
+        *_others(params, "scorer", "encoder", _scorer_encoders()),
+        "# compare the experiments' fitted operating points and metrics",
         "dvc exp show --only-changed",
     ]
     return "```bash\n" + "\n".join(lines) + "\n```\n"

@@ -2,9 +2,10 @@
 
 Assignment is a stable hash, so a tenant (``split_by: tenant``) or a request id (``request``)
 always lands in the same arm for a given ``salt``, on every replica and after restarts; the arms
-share traffic in proportion to their weights. A variant's thresholds replace the model's
-(``Thresholds.source`` ``ab:<variant>``); a variant without ``gate`` keeps the thresholds stored
-with the serving model version (the control arm), and the decision still records the variant.
+share traffic in proportion to their weights. A variant's operating point (``gate``: price
+weight and thresholds) replaces the model's (``OperatingPoint.source`` ``ab:<variant>``); a
+variant without ``gate`` keeps the point stored with the serving model version (the control
+arm), and the decision still records the variant.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from bisect import bisect_right
 from itertools import accumulate
 
 from router.config import ABConfig, ABVariant
-from router.gate import Thresholds
+from router.gate import OperatingPoint, resolve_point
 
 
 def bucket(salt: str, key: str) -> float:
@@ -45,9 +46,9 @@ class ABAssigner:
         return self.config.variants[bisect_right(self._edges, bucket(self.config.salt, key))]
 
     @staticmethod
-    def thresholds(variant: ABVariant, serving: Thresholds) -> Thresholds:
-        """The thresholds a request in ``variant`` is gated with (``serving``: the model's)."""
+    def point(variant: ABVariant, serving: OperatingPoint) -> OperatingPoint:
+        """The operating point a request in ``variant`` is decided with (``serving``: the
+        model's)."""
         if variant.gate is None:
             return serving
-        return Thresholds(variant.gate.escalate_threshold, variant.gate.trust_threshold,
-                          f"ab:{variant.name}")
+        return resolve_point(variant.gate, variant=(variant.name, variant.gate))

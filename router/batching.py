@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
 
-from router.classifier import TierScores
+from router.classifier import Predictions, TierScores
 
 logger = logging.getLogger(__name__)
 
@@ -107,20 +107,19 @@ class _Wrapper:
 
 
 class BatchingClassifier(_Wrapper):
-    """A classifier with ``predict_with_embeddings``; same calls, batched across threads."""
+    """A classifier's ``predict_full``, batched across threads; same calls and results."""
 
     def __init__(self, classifier: Any, *, max_batch: int = 32) -> None:
-        import numpy as np
-
         self.inner = classifier
         self.meta = classifier.meta
         self._batcher = MicroBatcher(
-            lambda texts: classifier.predict_with_embeddings(texts),
-            lambda result, a, b: (result[0][a:b], np.asarray(result[1])[a:b]),
+            lambda texts: classifier.predict_full(texts),
+            lambda result, a, b: result.slice(a, b),
             max_batch=max_batch, name="classifier-batcher")
 
-    def predict(self, texts: Sequence[str]) -> list[TierScores]:
-        return self.predict_with_embeddings(texts)[0]
-
-    def predict_with_embeddings(self, texts: Sequence[str]) -> tuple[list[TierScores], Any]:
+    def predict_full(self, texts: Sequence[str]) -> Predictions:
         return self._batcher(texts)
+
+    def predict(self, texts: Sequence[str]) -> list[TierScores]:
+        found = self.predict_full(texts)
+        return [found.tier_scores(i) for i in range(len(found))]

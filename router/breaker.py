@@ -7,7 +7,7 @@ goes straight to the fallback: a slow or dead primary costs nothing), *half-open
 failure re-opens it). The fallback is the configured choice: the in-process classifier on the
 same weights (same probabilities, slower) or ``fixed:critical`` (safe, expensive).
 
-Each answer says who gave it (:meth:`CircuitBreakerClassifier.predict_with_source`), so the
+Each answer says who gave it (:meth:`CircuitBreakerClassifier.predict_full_with_source`), so the
 decision record names the backend that scored the request.
 """
 
@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from router.classifier import ClassifierMeta, TierClassifier, TierScores
+from router.classifier import ClassifierMeta, Predictions, TierClassifier, TierScores
 from router.errors import RouterError
 
 logger = logging.getLogger(__name__)
@@ -49,14 +49,18 @@ class CircuitBreakerClassifier:
         self._lock = threading.Lock()
 
     def predict(self, texts: Sequence[str]) -> list[TierScores]:
-        return self.predict_with_source(texts)[0]
+        found = self.predict_full(texts)
+        return [found.tier_scores(i) for i in range(len(found))]
 
-    def predict_with_source(self, texts: Sequence[str]) -> tuple[list[TierScores], str]:
-        """Scores and who gave them: ``"primary"`` or ``"fallback"``."""
+    def predict_full(self, texts: Sequence[str]) -> Predictions:
+        return self.predict_full_with_source(texts)[0]
+
+    def predict_full_with_source(self, texts: Sequence[str]) -> tuple[Predictions, str]:
+        """Predictions and who gave them: ``"primary"`` or ``"fallback"``."""
         if not self._may_call_primary():
             return self._from_fallback(texts, "circuit open")
         try:
-            scores = self.primary.predict(texts)
+            scores = self.primary.predict_full(texts)
         except (RouterError, OSError, TimeoutError) as exc:
             self._failed(exc)
             return self._from_fallback(texts, str(exc))
@@ -91,8 +95,8 @@ class CircuitBreakerClassifier:
                 logger.warning("classifier circuit closed: the primary answers again")
             self.state, self.failures, self._trial = "closed", 0, False
 
-    def _from_fallback(self, texts: Sequence[str], reason: str) -> tuple[list[TierScores], str]:
+    def _from_fallback(self, texts: Sequence[str], reason: str) -> tuple[Predictions, str]:
         with self._lock:
             self.fallback_answers += 1
         logger.warning("classifier fallback for %d text(s): %s", len(texts), reason)
-        return self.fallback.predict(texts), "fallback"
+        return self.fallback.predict_full(texts), "fallback"

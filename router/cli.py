@@ -316,8 +316,8 @@ def overhead(
         raise _fail(str(exc)) from None
     policy = RouterPolicy(router_config, tier_classifier, Dispatcher(router_config),
                           cache=cache)
-    report = measure(policy, cache, MiniLMEncoder(), records, tier_classifier.tokenizer,
-                     n=requests, warm=warm)
+    encoder = MiniLMEncoder()  # the reference pass, and the token counts of the test texts
+    report = measure(policy, cache, encoder, records, encoder.tokenizer, n=requests, warm=warm)
     report.update({"classifier": tier_classifier.meta.version,
                    "similarity_threshold": cache.threshold})
     _write_report(report, out)
@@ -360,6 +360,54 @@ def load(
         typer.echo(json.dumps(report["comparison"], indent=1))
 
 
+@app.command("service-check")
+def service_check(
+    out: Annotated[Path, typer.Option(help="JSON report to write")],
+    url: Annotated[str, typer.Option(help="the running router service")]
+        = "http://127.0.0.1:3000",
+    key: Annotated[str, typer.Option(help="an API key the service accepts")]
+        = "sk-tier-router-demo",
+    config: Annotated[Path, typer.Option(help="router YAML the service runs")]
+        = Path("configs/router.yaml"),
+    classifier: Annotated[str, typer.Option(help="the classifier the service runs")]
+        = "models:/tier-classifier@champion",
+    tracking_uri: Annotated[str, typer.Option(help="MLflow store for models:/ specs")]
+        = "sqlite:///mlruns/mlflow.db",
+    workload: Annotated[str, typer.Option(help="built-in workload whose test queries to send")]
+        = "banking77",
+    limit: Annotated[int, typer.Option(min=1, help="queries")] = 200,
+    seed: Annotated[int, typer.Option(help="draw of the queries")] = 0,
+) -> None:
+    """Real traffic through a running service (``make demo``) with the openai client: which tier
+    answered, gate actions, escalations, cost, the README's demo prompt, and agreement with the
+    library's own decision on the same requests (what the benchmark replays)."""
+    import json
+
+    from bench.service_check import check, draw_test_queries
+    from router.classifier import ClassifierError, load_classifier
+    from workloads import WorkloadFormatError, load_workload
+
+    try:
+        router_config = load_config(config)
+        if classifier.startswith("models:"):
+            import mlflow
+
+            mlflow.set_tracking_uri(tracking_uri)
+        tier_classifier = load_classifier(classifier)
+        records = draw_test_queries(list(load_workload(workload).records), limit, seed)
+    except (ConfigError, ClassifierError, WorkloadFormatError) as exc:
+        raise _fail(str(exc)) from None
+    if not records:
+        raise _fail(f"{workload}: no test-split queries (ids '<name>.test.<i>')")
+    try:
+        report = check(url, key, records, router_config, tier_classifier)
+    except Exception as exc:  # the openai client's connection and HTTP errors
+        raise _fail(f"{url}: {type(exc).__name__}: {exc}") from None
+    report["workload"] = workload
+    _write_report(report, out)
+    typer.echo(json.dumps(report, indent=1))
+
+
 @app.command()
 def injection(
     out: Annotated[Path, typer.Option(help="JSON report to write")],
@@ -378,7 +426,8 @@ def injection(
 
     from bench.injection import measure_injection
     from router.classifier import ClassifierError, load_classifier
-    from router.gate import resolve_thresholds
+    from router.gate import resolve_point
+    from router.pricing import tier_prices
     from workloads import WorkloadFormatError, load_workload
 
     try:
@@ -393,9 +442,8 @@ def injection(
     except (ConfigError, ClassifierError, WorkloadFormatError, ValueError) as exc:
         raise _fail(str(exc)) from None
     prompts = random.Random(0).sample(prompts, min(limit, len(prompts)))
-    thresholds = resolve_thresholds(router_config.gate, tier_classifier.meta.thresholds,
-                                    tier_classifier.meta.version)
-    report = measure_injection(tier_classifier, thresholds, prompts)
+    point = resolve_point(router_config.gate, tier_classifier.meta.operating_point)
+    report = measure_injection(tier_classifier, point, tier_prices(router_config), prompts)
     report["classifier"] = tier_classifier.meta.version
     _write_report(report, out)
     typer.echo(json.dumps({name: {k: round(v, 3) for k, v in row.items() if k != "direction"}

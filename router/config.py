@@ -114,14 +114,24 @@ class RouterSettings(_Strict):
 
 
 class GateConfig(_Strict):
-    """Default confidence thresholds; thresholds fitted and stored with a model override them.
+    """Defaults of the decision's operating point (:mod:`router.gate`); the point fitted and
+    stored with a model version overrides them, an A/B variant's overrides both.
 
-    confidence >= ``trust_threshold``: route to the predicted tier; between the two: cascade;
-    below ``escalate_threshold``: escalate.
+    The rule chooses the tier maximising P(acceptable) - ``price_weight`` x expected USD;
+    confidence (P of that tier) >= ``trust_threshold``: route; between the two thresholds:
+    cascade (an answer scored below ``score_threshold`` fails its check); below
+    ``escalate_threshold``: escalate.
     """
 
-    escalate_threshold: Probability = 0.70
-    trust_threshold: Probability = 0.85
+    # Probability per USD: at 50, a tier whose expected price is 1 m$ higher must be 0.05 (five
+    # points) likelier to give an acceptable answer to be worth it (GPT-4 on a short prompt
+    # costs ~1-5 m$ more than Mixtral).
+    price_weight: float = Field(default=50.0, ge=0.0, allow_inf_nan=False)
+    escalate_threshold: Probability = 0.50
+    trust_threshold: Probability = 0.80
+    score_threshold: Probability = 0.5
+    # Quality points a cascade must gain per expected escalation (its second call's latency).
+    escalation_weight: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _ordered(self) -> GateConfig:
@@ -181,8 +191,6 @@ class CascadeConfig(_Strict):
 
     enabled: bool = True
     max_calls: int = Field(default=2, ge=1, le=len(TIERS))
-    # Default for an unfitted scorer; a threshold fitted with the scorer overrides it.
-    score_threshold: Probability = 0.5
     # A request whose budget a cascade would overrun goes straight to the tier the gate names.
     latency_budget_ms: float | None = Field(default=None, gt=0.0)
     latency_budget_header: str = "x-router-latency-budget-ms"

@@ -11,7 +11,7 @@ The *reference* is what the serving model did on its training distribution, meas
 :func:`window_stats` compares a window of decision records with it:
 
 * ``confidence_psi`` / ``tier_psi``: population stability index of the classifier's confidence
-  (10 equal-width bins from 1/3 to 1) and of its predicted-tier mix. Rule of thumb: < 0.1
+  (10 equal-width bins from 0 to 1) and of its predicted-tier mix. Rule of thumb: < 0.1
   stable, 0.1-0.25 moderate, > 0.25 a shift worth a retrain (alert rules use 0.25).
 * ``escalation_rate``: requests sent above the predicted tier by the gate or a cascade, over all
   requests (DESIGN's target: <= 5%); ``gate_escalation_rate`` counts the gate alone over the
@@ -42,8 +42,9 @@ from router.errors import RouterError
 from router.telemetry import DecisionRecord
 from router.tiers import TIERS
 
-# Confidence = the top tier's probability, so it lies in [1/3, 1] with three tiers.
-CONFIDENCE_EDGES: tuple[float, ...] = tuple(float(x) for x in np.linspace(1 / len(TIERS), 1, 11))
+# Confidence = P(acceptable) of the tier the rule chose: anywhere in [0, 1] (per-tier
+# probabilities need not sum to 1, and a price weight can choose an unlikely cheap tier).
+CONFIDENCE_EDGES: tuple[float, ...] = tuple(float(x) for x in np.linspace(0.0, 1.0, 11))
 # Shares below this count as this in the PSI: an empty bin must not make it infinite.
 PSI_FLOOR = 1e-4
 PSI_SHIFT = 0.25  # above this a distribution has shifted (the alert rules' threshold)
@@ -81,18 +82,21 @@ def tier_shares(tiers: Iterable[str | None], weights: Sequence[float] | None = N
     return {tier: (value / total if total else 0.0) for tier, value in totals.items()}
 
 
-def reference_distribution(probs: np.ndarray, weights: np.ndarray, escalated: np.ndarray,
-                           overridden: np.ndarray, source: str) -> dict[str, Any]:
-    """The reference of a model: ``probs`` (n, 3) calibrated probabilities in TIERS order,
-    ``weights`` (n,) row weights (undoing the split's tail boost), ``escalated`` / ``overridden``
-    (n,) booleans: the gate escalated the row / an override rule matched it."""
+def reference_distribution(confidence: np.ndarray, chosen: np.ndarray, weights: np.ndarray,
+                           escalated: np.ndarray, overridden: np.ndarray,
+                           source: str) -> dict[str, Any]:
+    """The reference of a model at its operating point, as the decision log will see it:
+    ``confidence`` (n,) the P of the tier the rule chose (the record's ``confidence``),
+    ``chosen`` (n,) that tier's index in TIERS (the record's ``predicted_tier``), ``weights``
+    (n,) row weights (undoing the split's tail boost), ``escalated`` / ``overridden`` (n,)
+    booleans: the gate escalated the row / an override rule matched it."""
     w = np.asarray(weights, dtype=float)
     escalated = np.asarray(escalated, dtype=bool)
     overridden = np.asarray(overridden, dtype=bool)
-    predicted = [TIERS[i] for i in np.argmax(probs, axis=1)]
-    return {"source": source, "rows": len(probs),
+    predicted = [TIERS[int(i)] for i in np.asarray(chosen)]
+    return {"source": source, "rows": len(confidence),
             "confidence_edges": list(CONFIDENCE_EDGES),
-            "confidence": confidence_shares(probs.max(axis=1), w),
+            "confidence": confidence_shares(np.asarray(confidence, dtype=float), w),
             "tiers": tier_shares(predicted, w),
             # over the rows the gate decides: an overridden request never reaches it
             "gate_escalation_rate": (float(np.average(escalated[~overridden],

@@ -6,19 +6,23 @@
   classifier still scores it and the decision is still logged; overrides do not apply to pins).
 * An override (finance / legal / medical rule) sends the request straight to its tier and is
   logged as an override, not an escalation.
-* The gate's cascade (with a response scorer and ``cascade.enabled``): call the predicted tier,
-  score the answer, escalate while the score is below the scorer's fitted threshold, at most
-  ``cascade.max_calls`` calls (rules in :mod:`router.cascade`). A request whose latency budget
+* The decision (:mod:`router.gate`): the classifier's per-tier P(acceptable), the request's
+  expected price per tier (:mod:`router.pricing`) and the operating point (price weight,
+  trust / escalate thresholds, score threshold) choose a tier and a gate action.
+* The cascade (with a response scorer and ``cascade.enabled``): call the chosen tier, score the
+  answer; when the check fails, escalate by the same rule among the tiers above the one that
+  answered, at most ``cascade.max_calls`` calls. A request whose latency budget
   (``RouteRequest.latency_budget_ms``, else ``cascade.latency_budget_ms``) the cascade would
-  overrun -- judged on the tiers' recent latencies -- goes straight to the tier the gate names.
-  Without a scorer a cascade decision is dispatched to the predicted tier. The record keeps each
-  step (tier, score, cost) under ``extra["cascade"]``; its cost is the sum of every call.
+  overrun -- judged on the tiers' recent latencies -- goes straight to the chosen tier. Without a
+  scorer a cascade decision is dispatched to the chosen tier. The record keeps each step (tier,
+  score, cost) under ``extra["cascade"]``; its cost is the sum of every call.
 * The cache (when given): an exact hit (a dict lookup) answers before the classifier runs; else
   the classifier's forward pass also yields the request's embedding (one encoder pass) for the
   semantic lookup. Overridden requests neither look up nor store; an answer from the critical
   tier is not stored (DESIGN step 3). A hit costs nothing and is recorded with its similarity.
 * A/B test (config ``ab``): each request is assigned a variant (:mod:`router.ab`) whose
-  thresholds gate it; the record carries the variant and ``threshold_source`` ``ab:<variant>``.
+  operating point decides it; the record carries the variant and ``threshold_source``
+  ``ab:<variant>``.
 * Shadow mode (``shadow``: a challenger): the challenger scores each classified request in a
   worker thread while the provider answers, and its would-be decision is recorded in the
   record's ``shadow`` field (:mod:`router.shadow`); it never changes what the request gets.
@@ -36,17 +40,28 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from router.ab import ABAssigner
 from router.cache import CacheError, CacheHit, CacheKey, Encoder, SemanticCache, cache_key
-from router.cascade import CRITICAL, fits_budget, next_tier, should_escalate
-from router.classifier import TierClassifier, TierScores
+from router.cascade import CRITICAL, fits_budget
+from router.classifier import Predictions, TierClassifier, TierScores
 from router.config import RouterConfig
 from router.dispatch import Dispatcher, DispatchError, DispatchResult, DispatchStream
 from router.errors import RequestFormatError, RouterError
-from router.gate import GateDecision, Thresholds, decide, resolve_thresholds
+from router.gate import (
+    CheckStats,
+    GateDecision,
+    OperatingPoint,
+    check_fails,
+    decide,
+    escalation_after_failure,
+    resolve_point,
+)
 from router.normalise import message_text, normalise, request_messages
 from router.overrides import DomainOverrides, OverrideMatch
 from router.pii import scrub_pii
+from router.pricing import estimate_tokens, expected_prices, price_matrix, prompt_chars, tier_prices
 from router.protocol import cached_stream, chunk_payload
 from router.scorer import ResponseScorer
 from router.shadow import ShadowScorer
@@ -79,11 +94,11 @@ class RouteDecision:
     request_id: str
     text: str  # the normalised request text
     text_hash: str
-    scores: TierScores  # empty for an exact cache hit (the classifier did not run)
-    predicted_tier: Tier | None
-    confidence: float | None
+    scores: TierScores  # P(tier's answer acceptable); empty for an exact cache hit
+    predicted_tier: Tier | None  # the tier the rule chose
+    confidence: float | None  # P of the chosen tier
     target_tier: Tier
-    thresholds: Thresholds
+    point: OperatingPoint
     gate: GateDecision | None = None  # None for overrides and pins
     override: OverrideMatch | None = None
     pinned: bool = False
@@ -94,6 +109,11 @@ class RouteDecision:
     embedding: Any = None  # (d,) vector of the shared encoder pass, for storing the answer
     classifier_source: str | None = None  # "primary" / "fallback" behind a circuit breaker
     variant: str | None = None  # the A/B arm (config ``ab``) the request was assigned
+    prices: TierScores = field(default_factory=dict)  # expected USD per tier
+    allowed: dict[Tier, bool] = field(default_factory=dict)  # tiers the rule may choose
+    prompt_tokens: float = 0.0  # estimated (router.pricing.estimate_tokens)
+    neighbourhood: dict[str, Any] | None = None  # "requests like this" (the explanation)
+    check: CheckStats | None = None  # what the scorer's check does here (router.gate)
 
 
 @dataclass
@@ -150,27 +170,22 @@ class RouterPolicy:
                  scorer: ResponseScorer | None = None, cache: SemanticCache | None = None,
                  encoder: Encoder | None = None, shadow: ShadowScorer | None = None) -> None:
         """``cache``: the semantic cache; its vectors come from the classifier's own pass when
-        the classifier offers ``predict_with_embeddings``, else from ``encoder``. ``shadow``: a
-        challenger scoring each classified request beside the live path (never acting)."""
+        its predictions carry embeddings, else from ``encoder`` (without either, the cache
+        matches exactly only). ``shadow``: a challenger scoring each classified request beside
+        the live path (never acting)."""
         self.config = config
         self.cache = cache if config.cache.enabled else None
-        self._shared_pass = hasattr(classifier, "predict_with_embeddings")
-        if self.cache is not None and not self._shared_pass and encoder is None:
-            raise ValueError("a cache needs an encoder when the classifier yields no embeddings")
         self.encoder = encoder
         self.classifier = classifier
         self.dispatcher = dispatcher
         self.decision_log = decision_log
         self.scorer = scorer
-        self.score_threshold = (scorer.meta.threshold if scorer is not None
-                                and scorer.meta.threshold is not None
-                                else config.cascade.score_threshold)
         # Recent dispatch latency per tier (ms, exponentially weighted): the cascade's budget
         # check. A tier not yet seen counts as fitting any budget.
         self._tier_latency_ms: dict[Tier, float] = {}
         self.overrides = DomainOverrides(config.overrides)
-        self.thresholds = resolve_thresholds(config.gate, classifier.meta.thresholds,
-                                             classifier.meta.version)
+        self.point = resolve_point(config.gate, classifier.meta.operating_point)
+        self.prices = price_matrix(tier_prices(config))
         self.ab = ABAssigner(config.ab)
         self.shadow = shadow  # may be swapped while serving (the challenger alias moved)
         # Pinnable names: the tiers, each deployment's served model and its model_info.id.
@@ -179,6 +194,14 @@ class RouterPolicy:
             self._pins.setdefault(deployment.served_model, deployment.model_name)
             if deployment.model_info.id:
                 self._pins.setdefault(deployment.model_info.id, deployment.model_name)
+
+    def classifier_check_thresholds(self) -> np.ndarray:
+        """The score thresholds the classifier's check statistics are kept at ((T,); empty
+        without statistics)."""
+        table = getattr(self.classifier, "neighbourhood", None)
+        if table is None or not table.has_checks:
+            return np.zeros(0)
+        return np.asarray(table.check_thresholds, dtype=float)
 
     def model_names(self) -> list[str]:
         """What the ``model`` field accepts: ``auto``, the tiers and the configured model ids."""
@@ -201,8 +224,7 @@ class RouterPolicy:
         messages = request_messages(request.messages)
         text = normalise(messages)
         variant = self.ab.assign(request.tenant, request.request_id)
-        thresholds = (self.thresholds if variant is None
-                      else ABAssigner.thresholds(variant, self.thresholds))
+        point = self.point if variant is None else ABAssigner.point(variant, self.point)
         lap("normalise")
         override = None
         if request.model == "auto":
@@ -220,25 +242,29 @@ class RouterPolicy:
             return RouteDecision(
                 request_id=request.request_id, text=text, text_hash=text_hash, scores={},
                 predicted_tier=None, confidence=None, target_tier=hit.tier,
-                thresholds=thresholds, pinned=request.model != "auto", latency_ms=timings,
+                point=point, pinned=request.model != "auto", latency_ms=timings,
                 cache_key=key, cache_hit=hit, variant=variant.name if variant else None)
-        if key is not None and self._shared_pass:
-            predicted, vectors = self.classifier.predict_with_embeddings([text])
-            scores, embedding = predicted[0], vectors[0]
-        elif hasattr(self.classifier, "predict_with_source"):  # a remote model behind a breaker
-            predicted, source = self.classifier.predict_with_source([text])
-            scores = predicted[0]
-            if key is not None and self.encoder is not None:
-                embedding = self.encoder.encode([text])[0]
+        found: Predictions
+        if hasattr(self.classifier, "predict_full_with_source"):  # remote, behind a breaker
+            found, source = self.classifier.predict_full_with_source([text])
         else:
-            scores = self.classifier.predict([text])[0]
-            if key is not None and self.encoder is not None:
-                embedding = self.encoder.encode([text])[0]
-        lap("classify")
+            found = self.classifier.predict_full([text])
         if key is not None:
+            embedding = (found.embeddings[0] if found.embeddings is not None
+                         else self.encoder.encode([text])[0] if self.encoder is not None
+                         else None)
+        scores = found.tier_scores(0)
+        lap("classify")
+        if key is not None and embedding is not None:
             hit = self.cache.lookup(key, embedding)
             lap("cache_semantic")
-        gate = decide(scores, thresholds)
+        tokens = estimate_tokens(prompt_chars(message_text(m.get("content"))
+                                              for m in messages))
+        prices = dict(zip(TIERS, expected_prices(
+            [tokens], found.output_tokens[:1], self.prices)[0].tolist(), strict=True))
+        allowed = found.tier_allowed(0)
+        check = found.check_of(0)
+        gate = decide(scores, prices, point, allowed, check)
         lap("gate")
         pinned = request.model != "auto"
         if hit is not None:
@@ -251,11 +277,12 @@ class RouterPolicy:
             target = gate.target_tier
         return RouteDecision(
             request_id=request.request_id, text=text, text_hash=text_hash, scores=scores,
-            predicted_tier=gate.predicted_tier, confidence=gate.confidence, target_tier=target,
-            thresholds=thresholds, gate=None if pinned or override or hit else gate,
+            predicted_tier=gate.chosen_tier, confidence=gate.confidence, target_tier=target,
+            point=point, gate=None if pinned or override or hit else gate,
             override=override, pinned=pinned, latency_ms=timings, cache_key=key,
             cache_hit=hit, embedding=embedding, classifier_source=source,
-            variant=variant.name if variant else None)
+            variant=variant.name if variant else None, prices=prices, allowed=allowed,
+            prompt_tokens=tokens, neighbourhood=found.explanation(0), check=check)
 
     async def route(self, request: RouteRequest) -> RouteResult:
         """Decide, dispatch, record. Raises RequestFormatError (bad request) or DispatchError
@@ -354,8 +381,8 @@ class RouterPolicy:
         if scorer is None or decision.cache_hit is not None or not decision.scores:
             return None
         task = asyncio.ensure_future(asyncio.to_thread(
-            scorer.score, decision.text, decision.target_tier, decision.predicted_tier,
-            decision.gate is not None))
+            scorer.score, decision.text, decision.prompt_tokens, decision.target_tier,
+            decision.predicted_tier, decision.gate is not None))
         return _Shadow(scorer, task)
 
     def _store(self, decision: RouteDecision, result: DispatchResult) -> str | None:
@@ -403,8 +430,10 @@ class RouterPolicy:
 
     async def _cascade(self, decision: RouteDecision, request: RouteRequest,
                        steps: list[dict[str, Any]]) -> DispatchResult:
-        """Call, score, escalate while the score is low; returns the kept answer's result with
-        the cost, latency, deployments and fallbacks of every call summed into it."""
+        """Call, check, and on a failed check escalate by the rule among the tiers above the
+        one that answered (:func:`router.gate.escalation_after_failure`), at most
+        ``cascade.max_calls`` calls; returns the kept answer's result with the cost, latency,
+        deployments and fallbacks of every call summed into it."""
         assert self.scorer is not None
         tier: Tier = decision.target_tier
         calls, total_cost, total_ms = 0, 0.0, 0.0
@@ -417,14 +446,28 @@ class RouterPolicy:
             total_ms += result.latency_ms
             tried += result.deployments_tried
             fallbacks += result.fallbacks
-            answer = result.response.choices[0].message.content or ""
+            choice = result.response.choices[0]
             clock = time.perf_counter()
-            score = (await asyncio.to_thread(self.scorer.score, [decision.text], [answer],
-                                             [result.tier]))[0]
-            steps.append({"tier": result.tier, "score": score, "cost_usd": result.cost_usd,
+            score = (await asyncio.to_thread(
+                self.scorer.score, [decision.text], [choice.message.content or ""],
+                [result.tier], [getattr(choice, "finish_reason", None)]))[0]
+            threshold = (decision.gate.check_threshold
+                         if calls == 1 and decision.gate is not None
+                         and decision.gate.check_threshold is not None
+                         else decision.point.score_threshold)
+            failed = bool(check_fails(score, threshold))
+            steps.append({"tier": result.tier, "score": score, "threshold": threshold,
+                          "failed": failed,
+                          "cost_usd": result.cost_usd,
                           "scorer_ms": (time.perf_counter() - clock) * 1000})
-            following = next_tier(result.tier, calls, self.config.cascade.max_calls)
-            if following is None or not should_escalate(score, self.score_threshold):
+            if not failed or calls >= self.config.cascade.max_calls:
+                break
+            following = (decision.gate.fail_tier if calls == 1 and decision.gate is not None
+                         and decision.gate.fail_tier is not None
+                         else escalation_after_failure(decision.scores, decision.prices,
+                                                       decision.point, result.tier,
+                                                       decision.allowed))
+            if following is None:
                 break
             tier = following
         return replace(result, cost_usd=total_cost, latency_ms=total_ms,
@@ -465,8 +508,14 @@ class RouterPolicy:
             record.override_domain = decision.override.domain if decision.override else None
             record.pinned = decision.pinned
             record.target_tier = decision.target_tier
-            record.thresholds = decision.thresholds.as_dict()
-            record.threshold_source = decision.thresholds.source
+            record.thresholds = decision.point.as_dict()
+            record.threshold_source = decision.point.source
+            if decision.prices:
+                record.extra["expected_cost_usd"] = decision.prices
+                record.extra["prompt_tokens_estimate"] = decision.prompt_tokens
+                record.extra["allowed"] = [t for t, ok in decision.allowed.items() if ok]
+            if decision.neighbourhood is not None:
+                record.extra["neighbourhood"] = decision.neighbourhood
             if decision.override:
                 record.extra["override_matched"] = decision.override.matched
             if decision.cache_key is not None:
@@ -481,7 +530,6 @@ class RouterPolicy:
                 record.extra["cascade_skipped_budget_ms"] = decision.cascade_skipped_budget_ms
         if cascade:
             record.extra["cascade"] = cascade
-            record.extra["score_threshold"] = self.score_threshold
             if len(cascade) > 1:
                 record.extra["escalation_reason"] = "cascade"
         if isinstance(error, DispatchError):

@@ -1,9 +1,10 @@
 """Shadow mode: a second classifier (the registry's ``challenger``) scores live traffic beside the
 serving one without acting on it.
 
-For each request the router classified, :meth:`ShadowScorer.score` runs the challenger and its
-own gate (its own fitted thresholds) and returns what *it* would have done, stored in the decision
-record's ``shadow`` field:
+For each request the router classified, :meth:`ShadowScorer.score` runs the challenger and the
+decision rule at *its* stored operating point (its own price weight and thresholds, the live
+request's prompt length) and returns what *it* would have done, stored in the decision record's
+``shadow`` field:
 
 ``{"model_version", "scores", "predicted_tier", "confidence", "gate_action", "target_tier",
 "agrees", "same_prediction", "est_cost_usd", "ms"}``
@@ -25,36 +26,42 @@ from typing import Any
 
 from router.classifier import TierClassifier
 from router.config import RouterConfig
-from router.gate import Thresholds, decide, resolve_thresholds
-from router.tiers import Tier
+from router.gate import OperatingPoint, decide, resolve_point
+from router.pricing import expected_prices, price_matrix, tier_prices
+from router.tiers import TIERS, Tier
 
 logger = logging.getLogger(__name__)
 
 
 class ShadowScorer:
-    """The challenger classifier and the thresholds stored with it."""
+    """The challenger classifier and the operating point stored with it."""
 
     def __init__(self, classifier: TierClassifier, config: RouterConfig) -> None:
         self.classifier = classifier
         self.config = config
-        self.thresholds: Thresholds = resolve_thresholds(
-            config.gate, classifier.meta.thresholds, classifier.meta.version)
+        self.point: OperatingPoint = resolve_point(config.gate,
+                                                   classifier.meta.operating_point)
+        self._prices = price_matrix(tier_prices(config))
 
     @property
     def version(self) -> str:
         return self.classifier.meta.version
 
-    def score(self, text: str, live_target: Tier, live_predicted: Tier | None,
-              classifier_decides: bool) -> dict[str, Any]:
-        """The challenger's would-be decision for one normalised request text.
+    def score(self, text: str, prompt_tokens: float, live_target: Tier,
+              live_predicted: Tier | None, classifier_decides: bool) -> dict[str, Any]:
+        """The challenger's would-be decision for one normalised request text of
+        ``prompt_tokens`` (estimated) prompt tokens.
 
         ``classifier_decides``: False when an override or a pinned model fixed the target (the
         challenger could not have changed it). Never raises: a failure is returned as
         ``{"model_version", "error"}`` so the live request is unaffected."""
         started = time.perf_counter()
         try:
-            scores = self.classifier.predict([text])[0]
-            gate = decide(scores, self.thresholds)
+            found = self.classifier.predict_full([text])
+            scores = found.tier_scores(0)
+            prices = dict(zip(TIERS, expected_prices([prompt_tokens], found.output_tokens[:1],
+                                                     self._prices)[0].tolist(), strict=True))
+            gate = decide(scores, prices, self.point, found.tier_allowed(0), found.check_of(0))
         except Exception as exc:  # the shadow must never fail a live request
             logger.warning("shadow classifier %s failed: %s", self.version, exc)
             return {"model_version": self.version, "error": f"{type(exc).__name__}: {exc}"}

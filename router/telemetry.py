@@ -148,7 +148,8 @@ class DecisionRecord:
     override_domain: str | None = None
     pinned: bool = False
     target_tier: str | None = None  # the tier the decision sent the request to
-    thresholds: dict[str, float] = field(default_factory=dict)  # {"escalate": .., "trust": ..}
+    # the operating point: {"price_weight", "trust", "escalate", "score_threshold"}
+    thresholds: dict[str, float] = field(default_factory=dict)
     threshold_source: str | None = None  # "config" | "model:<version>" | "ab:<variant>"
     deployments_tried: list[str] = field(default_factory=list)  # call order, failed ones included
     # {"kind": "deployment"|"tier", "from": .., "to": .., "reason": ..}

@@ -2,14 +2,15 @@
 
 ``VLLMClassifier(url, path)``: ``url`` is the vLLM server, ``path`` the same exported folder
 vLLM serves (``models/classifier/merged``, or a registered bundle). The folder gives the
-tokenizer, the label order and ``router_model.json`` (temperature, logit offsets, thresholds),
+tokenizer, the label order and ``router_model.json`` (head calibration, operating point),
 so the two backends agree exactly:
 
 * the texts are tokenized here with the in-process backend's own function
   (:func:`router.normalise.encode_for_classifier`: keep the end, special tokens kept) and sent
   as token ids, so vLLM sees the very same tokens;
-* ``use_activation: false`` returns raw logits; calibration (``softmax(logits / T + bias)``) is
-  applied here, as in-process.
+* ``use_activation: false`` returns raw logits; the heads' calibration is applied here, as
+  in-process. vLLM returns no embedding, so there is no neighbourhood prior: the bundle's
+  ``head_only`` calibration applies and every tier is allowed (``router.classifier``).
 
 Spec for :func:`router.classifier.load_classifier`: ``vllm:http://127.0.0.1:8000#/path/to/model``.
 Any failure (connection, timeout, HTTP error, a reply of the wrong shape) raises
@@ -24,8 +25,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+import numpy as np
 
-from router.classifier import ClassifierError, ClassifierMeta, TierScores, read_meta
+from router.classifier import (
+    ClassifierError,
+    ClassifierMeta,
+    Predictions,
+    TierScores,
+    head_logits,
+    read_meta,
+)
 from router.normalise import encode_for_classifier
 from router.tiers import TIERS
 
@@ -60,6 +69,8 @@ class VLLMClassifier:
 
     def logits(self, texts: Sequence[str]) -> list[list[float]]:
         """Raw logits (n, 3), columns in TIERS order."""
+        if not texts:
+            return []
         ids = encode_for_classifier(self.tokenizer, texts, self.meta.max_length)["input_ids"]
         try:
             reply = self._http.post(f"{self.url}/classify", json={
@@ -79,18 +90,16 @@ class VLLMClassifier:
                             "expected")
         return rows
 
+    def predict_full(self, texts: Sequence[str]) -> Predictions:
+        n = len(texts)
+        raw = np.array(self.logits(texts), dtype=float).reshape(n, len(TIERS))
+        return Predictions(self.meta.head_only.apply(head_logits(raw, self.meta.head), None),
+                           np.ones((n, len(TIERS)), dtype=bool),
+                           np.tile(self.meta.output_tokens, (n, 1)))
+
     def predict(self, texts: Sequence[str]) -> list[TierScores]:
-        if not texts:
-            return []
-        out = []
-        for row in self.logits(texts):
-            z = [v / self.meta.temperature + b for v, b in zip(row, self.meta.bias,
-                                                                strict=True)]
-            top = max(z)
-            e = [math.exp(v - top) for v in z]
-            total = sum(e)
-            out.append({tier: v / total for tier, v in zip(TIERS, e, strict=True)})
-        return out
+        found = self.predict_full(texts)
+        return [found.tier_scores(i) for i in range(len(found))]
 
     def close(self) -> None:
         self._http.close()

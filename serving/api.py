@@ -141,8 +141,11 @@ def decision_summary(decision: RouteDecision) -> dict[str, Any]:
         "pinned": decision.pinned,
         "cache": {"status": hit.kind if hit else ("miss" if decision.cache_key else "off"),
                   "similarity": hit.similarity if hit else None},
-        "thresholds": decision.thresholds.as_dict(),
-        "threshold_source": decision.thresholds.source,
+        "thresholds": decision.point.as_dict(),
+        "threshold_source": decision.point.source,
+        "expected_cost_usd": dict(decision.prices) or None,
+        # "requests like this": the neighbourhood's per-tier record behind the choice
+        "neighbourhood": decision.neighbourhood,
         "classifier_source": decision.classifier_source,
     }
 

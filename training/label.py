@@ -2,7 +2,8 @@
 
 Reads ``data/pipeline/harvest/rows.parquet``; writes ``data/pipeline/label/labelled.parquet``
 (every input row and column, plus ``label``, ``label_source``, ``labeller_version``,
-``label_note``) and ``metrics/label.json``.
+``label_note`` and ``targets`` -- per tier, was its answer acceptable, what the per-tier success
+heads train on: :func:`training.labellers.success_targets`) and ``metrics/label.json``.
 
 Support-intent rows without outcomes (banking77, clinc150) always get the rule; every other row
 goes to ``params.label.labeller`` (outcomes | judge). Rows left unlabelled (label null) stay in
@@ -19,15 +20,18 @@ from typing import Any
 
 import pandas as pd
 
+from router.tiers import TIERS
 from training.labellers import (
     INTENT_SOURCES,
     LABEL_COLUMNS,
+    TARGETS_COLUMN,
     JudgeLabeller,
     LabelError,
     Labeller,
     RuleLabeller,
     build_labeller,
     has_outcomes,
+    success_targets,
 )
 from training.params import LabelParams, ParamsError, load_params
 from training.paths import HARVEST_ROWS, LABELLED, metrics_file
@@ -65,8 +69,9 @@ def label_rows(rows: pd.DataFrame, params: LabelParams,
     if (~by_rule).any():
         parts.append(labeller.label(rows[~by_rule]))
     labels = pd.concat([p for p in parts if len(p)] or parts).reindex(rows.index)
-    labelled = pd.concat([rows.drop(columns=[c for c in LABEL_COLUMNS if c in rows.columns]),
-                          labels], axis=1)
+    labelled = pd.concat([rows.drop(columns=[c for c in (*LABEL_COLUMNS, TARGETS_COLUMN)
+                                             if c in rows.columns]), labels], axis=1)
+    labelled[TARGETS_COLUMN] = success_targets(labelled, params.score_pass)
     judge_stats = (labeller.stats.as_dict()
                    if isinstance(labeller, JudgeLabeller) and (~by_rule).any() else None)
     return labelled, label_metrics(labelled, labeller.name, judge_stats)
@@ -75,6 +80,15 @@ def label_rows(rows: pd.DataFrame, params: LabelParams,
 def _reason(note: Any) -> str:
     # Notes may carry details after a colon ("judge call failed: <error>"): group by the head.
     return str(note).split(":", 1)[0] if isinstance(note, str) and note else "no note"
+
+
+def _target_counts(labelled: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per tier: rows whose answer was acceptable (1), not (0), or not recorded (null)."""
+    counts = {tier: {"1": 0, "0": 0, "null": 0} for tier in TIERS}
+    for cell in labelled.get(TARGETS_COLUMN, pd.Series([], dtype=object)):
+        for tier, value in json.loads(cell).items():
+            counts[tier]["null" if value is None else str(value)] += 1
+    return counts
 
 
 def label_metrics(labelled: pd.DataFrame, labeller: str,
@@ -98,6 +112,7 @@ def label_metrics(labelled: pd.DataFrame, labeller: str,
         "by_label_source": dict(sorted(Counter(done["label_source"]).items())),
         "by_source": dict(sorted(by_source.items())),
         "labeller_versions": dict(sorted(Counter(labelled["labeller_version"]).items())),
+        "targets": _target_counts(labelled),
         "unlabelled": {"total": len(undone),
                        "by_reason": dict(sorted(Counter(map(_reason, undone["label_note"]))
                                                 .items()))},

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("label", "label_source", "labeller_version", "label_note")
+# Added by the label stage beside the labellers' columns (see success_targets).
+TARGETS_COLUMN = "targets"
 # Support-intent data sets: no model outcomes, labelled by a stated rule.
 INTENT_SOURCES = frozenset({"banking77", "clinc150"})
 # RouteLLM data records no medium model: its medium tier is GPT-4, the critical tier's model, so
@@ -185,6 +187,50 @@ class OutcomesLabeller:
             else:
                 values.append((tier, "outcomes", self.version, note))
         return _frame(rows.index, values)
+
+
+def success_targets(rows: pd.DataFrame, score_pass: float) -> pd.Series:
+    """Per row, JSON tier -> 1 / 0 / null: was that tier's answer acceptable -- what the
+    per-tier success heads train on (a null target masks that head's loss).
+
+    * ``label_source`` outcomes: each tier's *own* recorded outcome (graded data: score >=
+      ``score_pass``); null where the row records nothing for the tier (RouteLLM rows: medium,
+      an alias of GPT-4, is null, never a copy of GPT-4's outcome). Rows where no tier was right
+      stay all-negative: paying more buys nothing there.
+    * ``rule`` (support intents without outcomes): the stated rule that the cheapest tier
+      answers an intent query -- simple 1, the others null: the rule says nothing measured about
+      them, so the neighbourhood table records no medium evidence there and the decision rule
+      does not pay a medium price for a support question (with all three at 1 the heads' noise,
+      not the price, decided between simple and medium). These rows never count toward
+      calibration metrics.
+    * ``judge``: the judge names the cheapest sufficient tier, so it and the tiers above are 1,
+      those below 0.
+    * no label: all null.
+
+    ``rows``: the label stage's columns (``label``, ``label_source``, ``outcomes``, ``scores``,
+    ``source``)."""
+    out = []
+    for row_id, source, label, label_source, outcomes, scores in zip(
+            rows["row_id"], rows["source"], rows["label"], rows["label_source"],
+            rows["outcomes"], rows["scores"], strict=True):
+        targets: dict[str, int | None] = dict.fromkeys(TIERS)
+        if label_source == "rule" and label in TIERS:
+            targets[label] = 1
+        elif label_source == "judge" and label in TIERS:
+            targets = {tier: int(TIERS.index(tier) >= TIERS.index(label)) for tier in TIERS}
+        elif label_source == "outcomes" and label in TIERS:
+            outcomes = json_map(outcomes, where=f"row {row_id} outcomes")
+            scores = json_map(scores, where=f"row {row_id} scores")
+            for tier in TIERS:
+                if tier == "medium" and source in ALIASED_MEDIUM_SOURCES:
+                    continue
+                score, outcome = scores.get(tier), outcomes.get(tier)
+                if _known(score):
+                    targets[tier] = int(float(score) >= score_pass)
+                elif _known(outcome):
+                    targets[tier] = int(bool(outcome))
+        out.append(json.dumps(targets))
+    return pd.Series(out, index=rows.index, dtype=object)
 
 
 # ---------------------------------------------------------------------------------------------

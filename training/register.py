@@ -2,12 +2,16 @@
 
 MLflow store: ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts`` (the plain
 file store is in maintenance mode). The run carries params.yaml, the metrics, the plots and the
-model bundle (calibrated merged classifier + label map + temperature + bias + thresholds, with
-data and code versions as tags), registered as ``tier-classifier`` with alias ``challenger``.
+model bundle (``models/calibrated``: the classifier, its calibration, neighbourhood table and
+stored operating point, with data and code versions as tags), registered as ``tier-classifier``
+with alias ``challenger``.
 
-Promotion to ``champion``: the current champion is re-scored on the *challenger's* test fold (so
-both are judged on the same rows), and the challenger is promoted only if it is no worse on ECE
-and critical recall and not worse on cost/quality, within the tolerances in params.yaml. The
+Promotion to ``champion``: the current champion -- its own bundle at its own stored operating
+point -- is re-scored on the *challenger's* test fold with the same answer checks (the response
+scorer's scores of each tier's answer, so both are judged on the same rows and answers), and the
+challenger is promoted only if it is no worse on the heads' mean ECE and on the high-stakes
+slices' reach-critical, and not worse on cost/quality, within the tolerances in params.yaml. A
+champion this code cannot load (an older bundle format) is replaced, and the reason says so. The
 decision and its reason are logged as model-version tags and in ``registration.json``, the
 stage's only DVC output (never ``mlruns/`` itself: DVC deletes a stage's outputs on rerun).
 
@@ -31,11 +35,17 @@ from typing import Any
 
 import pandas as pd
 
-from router.classifier import MLFLOW_ARTIFACT, MODEL_META, registered_model_dir
+from router.classifier import (
+    MLFLOW_ARTIFACT,
+    MODEL_META,
+    ClassifierError,
+    load_bundle,
+    registered_model_dir,
+)
 from router.config import load_config
 from router.scorer import MLFLOW_ARTIFACT as SCORER_ARTIFACT
 from router.scorer import SCORER_META, load_scorer
-from training.evaluate import evaluate_model, load_bundle
+from training.evaluate import evaluate_bundle, fold_answer_scores
 from training.params import CalibrateParams, Params, ScorerTolerances, Tolerances, load_params
 from training.paths import (
     CALIBRATED,
@@ -46,7 +56,6 @@ from training.paths import (
     TEST,
     metrics_file,
 )
-from training.scoring import model_logits
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +65,10 @@ def compare(challenger: dict[str, Any], champion: dict[str, Any], tolerances: To
             calibration: CalibrateParams) -> tuple[bool, str]:
     """Whether the challenger is no worse than the champion on the same test fold, and why.
 
-    ECE and critical recall must be no worse (within tolerance). Cost and quality are judged
-    against the objective the thresholds were fitted for: under ``min_cost`` the quality bar is
-    the champion's quality *or* the quality target, whichever is lower (a champion that
+    The heads' mean ECE and the high-stakes slices' lowest reach-critical must be no worse
+    (within tolerance; a fold without high-stakes rows skips that check). Cost and quality are
+    judged against the objective the point was fitted for: under ``min_cost`` the quality bar
+    is the champion's quality *or* the quality target, whichever is lower (a champion that
     overshoots the target at a higher cost sets no higher bar), and cost must be no worse; under
     ``max_quality`` the roles swap.
     """
@@ -69,10 +79,16 @@ def compare(challenger: dict[str, Any], champion: dict[str, Any], tolerances: To
     else:
         cost_bar = max(cost_bar, calibration.cost_budget)
     checks = [
-        ("ece", challenger["ece"] <= champion["ece"] + tolerances.ece, champion["ece"]),
-        ("critical_recall",
-         challenger["critical_recall"] >= champion["critical_recall"] - tolerances.critical_recall,
-         champion["critical_recall"]),
+        ("mean_head_ece", challenger["mean_head_ece"] <= champion["mean_head_ece"]
+         + tolerances.ece, champion["mean_head_ece"]),
+    ]
+    if champion.get("min_high_stakes_reach_critical") is not None and challenger.get(
+            "min_high_stakes_reach_critical") is not None:
+        checks.append(("min_high_stakes_reach_critical",
+                       challenger["min_high_stakes_reach_critical"]
+                       >= champion["min_high_stakes_reach_critical"] - tolerances.reach_critical,
+                       champion["min_high_stakes_reach_critical"]))
+    checks += [
         ("cost_ratio_vs_frontier",
          challenger["cost_ratio_vs_frontier"] <= cost_bar + tolerances.cost_ratio, cost_bar),
         ("quality_ratio_vs_frontier",
@@ -127,12 +143,11 @@ def _code_version() -> str:
 
 
 class TierClassifierModel:
-    """MLflow pyfunc: DataFrame with a ``text`` column -> tier probabilities per row."""
+    """MLflow pyfunc: DataFrame with a ``text`` column -> P(tier's answer acceptable) per tier
+    and row."""
 
     def load_context(self, context: Any) -> None:
-        from router.classifier import InProcessClassifier
-
-        self.classifier = InProcessClassifier(Path(context.artifacts[MLFLOW_ARTIFACT]))
+        self.classifier = load_bundle(Path(context.artifacts[MLFLOW_ARTIFACT]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None
                 ) -> pd.DataFrame:
@@ -292,7 +307,7 @@ def register(params: Params, bundle: Path, test: pd.DataFrame,
         for path in sorted(METRICS_DIR.glob("*.json")) + sorted(PLOTS_DIR.glob("*.png")):
             mlflow.log_artifact(str(path), artifact_path=path.parent.name)
         example_in = pd.DataFrame({"text": ["user: How do I reset my PIN?"]})
-        example_out = pd.DataFrame([{"simple": 0.8, "medium": 0.1, "critical": 0.1}])
+        example_out = pd.DataFrame([{"simple": 0.93, "medium": 0.95, "critical": 0.97}])
         # A signature, no input_example: an example would pickle the model (92 MB, not 3.5 KB).
         mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
                                 artifacts={MLFLOW_ARTIFACT: str(bundle)},
@@ -303,8 +318,7 @@ def register(params: Params, bundle: Path, test: pd.DataFrame,
                                     tags=tags).version
     client.set_registered_model_alias(settings.model_name, "challenger", version)
 
-    challenger = {k: metrics[k] for k in ("ece", "critical_recall", "cost_ratio_vs_frontier",
-                                          "quality_ratio_vs_frontier")}
+    challenger = {k: metrics.get(k) for k in COMPARED}
     champion_version = None
     with contextlib.suppress(mlflow.exceptions.MlflowException):  # no champion alias yet
         champion_version = client.get_model_version_by_alias(settings.model_name,
@@ -312,8 +326,14 @@ def register(params: Params, bundle: Path, test: pd.DataFrame,
     if champion_version is None:
         promote, reason, champion = True, "no champion yet", None
     else:
-        champion = rescore(settings.model_name, champion_version, test, params)
-        promote, reason = compare(challenger, champion, settings.tolerances, params.calibrate)
+        try:
+            champion = rescore(settings.model_name, champion_version, test, params)
+        except ClassifierError as exc:
+            champion = None
+            promote, reason = True, f"the champion cannot be re-scored by this code: {exc}"
+        else:
+            promote, reason = compare(challenger, champion, settings.tolerances,
+                                      params.calibrate)
     if promote:
         client.set_registered_model_alias(settings.model_name, "champion", version)
     client.set_model_version_tag(settings.model_name, version, "promotion",
@@ -332,16 +352,19 @@ def register(params: Params, bundle: Path, test: pd.DataFrame,
     return result
 
 
+COMPARED = ("mean_head_ece", "min_high_stakes_reach_critical", "cost_ratio_vs_frontier",
+            "quality_ratio_vs_frontier")
+
+
 def rescore(model_name: str, version: str, test: pd.DataFrame, params: Params
             ) -> dict[str, Any]:
-    """A registered version's metrics on ``test`` (the challenger's test fold)."""
-    bundle = registered_model_dir(f"models:/{model_name}/{version}")
-    scaling, thresholds = load_bundle(bundle)
-    logits = model_logits(bundle, test["text"].tolist())
-    metrics, _, _ = evaluate_model(logits, scaling, thresholds, test,
-                                   load_config(params.calibrate.router_config), params.evaluate)
-    return {k: metrics[k] for k in ("ece", "critical_recall", "cost_ratio_vs_frontier",
-                                    "quality_ratio_vs_frontier")}
+    """A registered version's metrics on ``test`` (the challenger's test fold), at its own
+    stored operating point, with this run's answer checks."""
+    config = load_config(params.calibrate.router_config)
+    classifier = load_bundle(registered_model_dir(f"models:/{model_name}/{version}"))
+    metrics, _, _ = evaluate_bundle(classifier, test, config, params.evaluate,
+                                    fold_answer_scores(test, config))
+    return {k: metrics.get(k) for k in COMPARED}
 
 
 def main() -> None:

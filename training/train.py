@@ -1,22 +1,28 @@
 """train stage: LoRA fine-tuning of the tier classifier, exported merged for the router and vLLM.
 
 ``python -m training.train`` reads ``data/pipeline/split/{train,validation}.parquet`` (columns
-``text`` and ``label``, see :mod:`training`), fine-tunes ``params.train.base_model`` with LoRA
-(peft) and the Hugging Face ``Trainer``, and writes
+``text`` and ``targets`` -- or ``label`` for the softmax ablation --, see :mod:`training`),
+fine-tunes ``params.train.base_model`` with LoRA (peft) and the Hugging Face ``Trainer``, and
+writes
 
 * ``models/classifier/adapter/``: the peft adapter (LoRA weights + the fully trained head) and
   the tokenizer;
 * ``models/classifier/merged/``: the adapter folded into the backbone (``merge_and_unload``), a
-  plain Hugging Face sequence-classification directory whose labels are the tier words in the
-  order simple, medium, critical, plus ``router_model.json`` (version, temperature 1.0,
-  max_length): what :func:`router.classifier.load_classifier` and vLLM load;
+  plain Hugging Face sequence-classification directory whose three outputs are named by the tier
+  words in the order simple, medium, critical, plus ``router_model.json`` (version, head,
+  max_length): what :func:`router.classifier.load_classifier`, vLLM and the distill stage load;
 * ``metrics/train.json``.
+
+Heads (``params.train.head``): ``per_tier`` (default) -- output t is the logit of "tier t's answer
+is acceptable", trained with binary cross-entropy on each row's ``targets``, the loss masked
+where a row does not record a tier (RouteLLM rows record no medium model); ``softmax`` -- the
+ablation: cross-entropy over the cheapest sufficient tier (``label``).
 
 Texts are tokenized exactly as the router tokenizes them
 (:func:`router.normalise.encode_for_classifier`: truncation drops tokens from the *front*).
-Class imbalance is handled by class weights only (``class_weights: balanced``); the split's
-per-row ``weight`` column is not used here: it corrects the evaluation folds' tail
-oversampling, which the train fold's loss does not need.
+Class imbalance (softmax ablation) is handled by class weights only (``class_weights:
+balanced``); the split's per-row ``weight`` column is not used here: it corrects the evaluation
+folds' tail oversampling, which the train fold's loss does not need.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from typing import Any
 
 import pandas as pd
 
-from router.classifier import MODEL_META
+from router.classifier import BUNDLE_FORMAT, MODEL_META
 from router.tiers import TIERS
 from training.params import ParamsError, TrainParams, load_params
 from training.paths import MODEL_DIR, SPLIT_DIR, metrics_file
@@ -115,16 +121,42 @@ def lora_targets(model_type: str) -> tuple[list[str], list[str]]:
     return list(targets), list(to_save)
 
 
-def _labelled_rows(frame: pd.DataFrame, fold: str) -> pd.DataFrame:
-    missing = {"text", "label"} - set(frame.columns)
+MASKED = -1.0  # a per-tier target the row does not record: no loss for that head
+
+
+def target_vectors(cells: Sequence[Any], fold: str) -> list[list[float]]:
+    """``targets`` JSON cells (tier -> 1 / 0 / null) -> per-row [simple, medium, critical] with
+    :data:`MASKED` for null; raises :class:`TrainError` naming the fold on a bad cell."""
+    out = []
+    for i, cell in enumerate(cells):
+        try:
+            values = json.loads(cell) if isinstance(cell, str) else dict(cell)
+            out.append([MASKED if values.get(tier) is None else float(values[tier])
+                        for tier in TIERS])
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise TrainError(f"{fold}: row {i}: targets is not a JSON object of tiers: "
+                             f"{exc}") from None
+    return out
+
+
+def _labelled_rows(frame: pd.DataFrame, fold: str, head: str = "softmax") -> pd.DataFrame:
+    """Rows with text and something to learn: a ``label`` (softmax) or at least one known
+    per-tier target (per_tier)."""
+    column = "label" if head == "softmax" else "targets"
+    missing = {"text", column} - set(frame.columns)
     if missing:
         raise TrainError(f"{fold}: missing columns {sorted(missing)}")
-    rows = frame.dropna(subset=["text", "label"])
+    rows = frame.dropna(subset=["text", column])
+    if head == "softmax":
+        unknown = set(rows["label"]) - set(TIERS)
+        if unknown:
+            raise TrainError(f"{fold}: labels {sorted(unknown)} are not tiers {list(TIERS)}")
+    else:
+        known = [any(v != MASKED for v in row) for row in target_vectors(rows["targets"], fold)]
+        rows = rows[known]
     if len(rows) < len(frame):
-        logger.warning("%s: dropped %d rows without text or label", fold, len(frame) - len(rows))
-    unknown = set(rows["label"]) - set(TIERS)
-    if unknown:
-        raise TrainError(f"{fold}: labels {sorted(unknown)} are not tiers {list(TIERS)}")
+        logger.warning("%s: dropped %d rows without text or %s", fold, len(frame) - len(rows),
+                       column)
     if rows.empty:
         raise TrainError(f"{fold}: no labelled rows")
     return rows
@@ -154,22 +186,28 @@ def _load_backbone(base_model_path: Path | str) -> tuple[Any, Any]:
     return tokenizer, model
 
 
-def _dataset(tokenizer: Any, frame: pd.DataFrame, max_length: int) -> Any:
-    """``frame`` (n rows: text, label) -> a ``datasets.Dataset`` of unpadded token ids + label."""
+def _dataset(tokenizer: Any, frame: pd.DataFrame, max_length: int, head: str = "softmax"
+             ) -> Any:
+    """``frame`` (n rows: text, label or targets) -> a ``datasets.Dataset`` of unpadded token ids
+    + ``label`` (an id, or 3 floats with :data:`MASKED` for the per-tier heads)."""
     from datasets import Dataset
 
     from router.normalise import encode_for_classifier
 
-    data = Dataset.from_dict({"text": [str(text) for text in frame["text"]],
-                              "label": [LABEL2ID[label] for label in frame["label"]]})
+    labels = ([LABEL2ID[label] for label in frame["label"]] if head == "softmax"
+              else target_vectors(frame["targets"], "dataset"))
+    data = Dataset.from_dict({"text": [str(text) for text in frame["text"]], "label": labels})
     return data.map(lambda batch: dict(encode_for_classifier(tokenizer, batch["text"],
                                                              max_length)),
                     batched=True, remove_columns=["text"])
 
 
-def _weighted_trainer(class_weights: list[float] | None, **kwargs: Any) -> Any:
-    """A ``Trainer`` whose loss is cross-entropy with ``class_weights`` (tier order); None =
-    unweighted. The same loss is used for evaluation, so early stopping watches the objective."""
+def _weighted_trainer(class_weights: list[float] | None, head: str = "softmax",
+                      **kwargs: Any) -> Any:
+    """A ``Trainer`` whose loss is cross-entropy with ``class_weights`` (tier order; None =
+    unweighted) for the softmax head, or the masked mean binary cross-entropy over the known
+    (row, tier) targets for the per-tier heads. The same loss is used for evaluation, so early
+    stopping watches the objective."""
     import torch
     from transformers import Trainer
 
@@ -182,6 +220,13 @@ def _weighted_trainer(class_weights: list[float] | None, **kwargs: Any) -> Any:
             labels = inputs.pop("labels")
             outputs = model(**inputs)
             logits = outputs["logits"]  # (batch, 3) float32
+            if head == "per_tier":
+                targets = labels.to(logits.dtype)  # (batch, 3), MASKED where unrecorded
+                known = targets != MASKED
+                losses = torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits, targets.clamp(min=0.0), reduction="none")
+                loss = (losses * known).sum() / known.sum().clamp(min=1)
+                return (loss, outputs) if return_outputs else loss
             weight = (torch.tensor(class_weights, dtype=logits.dtype, device=logits.device)
                       if class_weights is not None else None)
             # Weighted mean over the batch (sum of w_i * loss_i / sum of w_i).
@@ -192,10 +237,14 @@ def _weighted_trainer(class_weights: list[float] | None, **kwargs: Any) -> Any:
 
 
 def _accuracy(eval_prediction: Any) -> dict[str, float]:
-    """Validation accuracy from the Trainer's (logits (n, 3), label ids (n,))."""
+    """Validation accuracy from the Trainer's (logits (n, 3), labels): argmax against label ids
+    (softmax), or sigmoid > 0.5 against the known per-tier targets ((n, 3) floats)."""
     import numpy as np
 
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
+    if labels.ndim == 2:
+        known = labels != MASKED
+        return {"accuracy": float(np.mean(((logits > 0) == (labels > 0.5))[known]))}
     return {"accuracy": float(np.mean(np.argmax(logits, axis=-1) == labels))}
 
 
@@ -271,17 +320,19 @@ def train_classifier(train_df: pd.DataFrame, validation_df: pd.DataFrame, params
     )
 
     started = time.perf_counter()
-    train_rows = _labelled_rows(train_df, "train")
-    validation_rows = _labelled_rows(validation_df, "validation")
+    head = params.head
+    train_rows = _labelled_rows(train_df, "train", head)
+    validation_rows = _labelled_rows(validation_df, "validation", head)
     train_rows = sample_train_rows(train_rows, params.max_train_rows, params.seed)
     # Early stopping needs a loss estimate, not the whole fold: each evaluation over the full
     # validation fold (~4k rows at ~18 ms) would cost more than 100 training steps.
     validation_rows = sample_train_rows(validation_rows, params.max_eval_rows, params.seed)
     weights = (balanced_class_weights(list(train_rows["label"]))
-               if params.class_weights == "balanced" else None)
-    logger.info("train %d rows %s, validation %d rows; class weights %s",
-                len(train_rows), dict(Counter(train_rows["label"])), len(validation_rows),
-                weights)
+               if params.class_weights == "balanced" and head == "softmax" else None)
+    logger.info("train %d rows, validation %d rows; %s head%s", len(train_rows),
+                len(validation_rows), head,
+                f", labels {dict(Counter(train_rows['label']))}, class weights {weights}"
+                if head == "softmax" else "")
 
     set_seed(params.seed)  # the new head's initialisation, LoRA's A matrices, dropout, shuffling
     tokenizer, model = _load_backbone(base_model_path)
@@ -294,8 +345,11 @@ def train_classifier(train_df: pd.DataFrame, validation_df: pd.DataFrame, params
     logger.info("%s (%s): %d trainable of %d parameters", base_model_path,
                 model.config.model_type, trainable_params, all_params)
 
-    train_data = _dataset(tokenizer, train_rows, params.max_length)
-    validation_data = _dataset(tokenizer, validation_rows, params.max_length)
+    if head == "per_tier":
+        # Independent logistic outputs: what the config tells other loaders (vLLM, HF).
+        model.config.problem_type = "multi_label_classification"
+    train_data = _dataset(tokenizer, train_rows, params.max_length, head)
+    validation_data = _dataset(tokenizer, validation_rows, params.max_length, head)
     timer = _step_timer()
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="train-checkpoints-") as checkpoints:
@@ -325,7 +379,7 @@ def train_classifier(train_df: pd.DataFrame, validation_df: pd.DataFrame, params
             dataloader_pin_memory=torch.cuda.is_available(),  # pinning is CUDA-only
         )
         trainer = _weighted_trainer(
-            weights, model=model, args=args, train_dataset=train_data,
+            weights, head, model=model, args=args, train_dataset=train_data,
             eval_dataset=validation_data, data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=_accuracy,
             callbacks=[EarlyStoppingCallback(params.early_stopping_patience), timer])
@@ -362,8 +416,8 @@ def train_classifier(train_df: pd.DataFrame, validation_df: pd.DataFrame, params
     tokenizer.save_pretrained(merged_dir)
     version = _weights_version(merged_dir)
     (merged_dir / MODEL_META).write_text(json.dumps(
-        {"version": version, "temperature": 1.0, "max_length": params.max_length}, indent=2)
-        + "\n", encoding="utf-8")
+        {"format": BUNDLE_FORMAT, "version": version, "backend": "transformer", "head": head,
+         "max_length": params.max_length}, indent=2) + "\n", encoding="utf-8")
     logger.info("merged model %s -> %s (merge check: max |diff| %.1e)", version, merged_dir,
                 difference)
 
@@ -379,6 +433,7 @@ def train_classifier(train_df: pd.DataFrame, validation_df: pd.DataFrame, params
         "trainable_params": int(trainable_params),
         "base_model": str(base_model_path),
         "max_length": params.max_length,
+        "head": head,
     }
 
 

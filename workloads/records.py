@@ -67,9 +67,31 @@ class Workload:
     tier_models: Mapping[Tier, str]
 
     def tier_outcome(self, record: WorkloadRecord, tier: Tier) -> Outcome | None:
-        """The recorded outcome of ``tier``'s model on ``record``, or None if not recorded."""
+        """The recorded outcome of the model that *answers* when ``tier`` is asked (on two-tier
+        data medium is answered by the critical tier's model), or None if not recorded."""
         model = self.tier_models.get(tier)
         return record.outcomes.get(model) if model else None
+
+    def records_tier(self, tier: Tier) -> bool:
+        """Whether the data records a model *of its own* for ``tier``. RouteLLM's data records
+        two models: its medium tier is an alias of critical (GPT-4), so it records no medium
+        outcome, and a medium head or replay must not read GPT-4's as one."""
+        model = self.tier_models.get(tier)
+        above = next_tier_up(tier)
+        return model is not None and (above is None or self.tier_models.get(above) != model)
+
+    def executing_tier(self, tier: Tier) -> Tier:
+        """The tier whose model answers when ``tier`` is asked: ``tier`` itself, or the next
+        tier up for an alias (two-tier data: medium -> critical, at critical's price)."""
+        while not self.records_tier(tier) and next_tier_up(tier) is not None \
+                and self.tier_models.get(tier) is not None:
+            tier = next_tier_up(tier)  # type: ignore[assignment]
+        return tier
+
+    def own_outcome(self, record: WorkloadRecord, tier: Tier) -> Outcome | None:
+        """``tier``'s own recorded outcome: None where the tier is an alias (see
+        :meth:`records_tier`)."""
+        return self.tier_outcome(record, tier) if self.records_tier(tier) else None
 
 
 # Which recorded model stands for each tier (DESIGN.md, "Words and numbers"), under each

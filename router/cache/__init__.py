@@ -5,7 +5,7 @@ Request path (DESIGN step 3)::
     key = cache_key(messages, params, model, tenant)
     hit = cache.lookup(key)                      # exact only: a dict lookup, no encoder pass
     if hit is None:
-        scores, vectors = classifier.predict_with_embeddings([text])  # one encoder pass
+        vectors = classifier.predict_full([text]).embeddings  # one encoder pass
         hit = cache.lookup(key, vectors[0])      # semantic, same tenant and scope only
     ...
     cache.store(key, response, tier, vectors[0])  # after an answered, cacheable request

@@ -3,7 +3,7 @@ that reuses the tier classifier's own forward pass.
 
 DESIGN's overhead budget leaves no room for a second encoder pass on the request path (one MiniLM
 forward is 5-19 ms on 2 cores), so in the service the cache should take its vectors from
-:meth:`router.classifier.InProcessClassifier.predict_with_embeddings` through
+:meth:`router.classifier.BundleClassifier.predict_full`'s embeddings through
 :class:`SharedPassEncoder`; :class:`MiniLMEncoder` is the stand-alone encoder (tests, benchmarks,
 a classifier backend that returns no hidden states such as vLLM ``/classify``).
 """
@@ -123,19 +123,19 @@ class MiniLMEncoder:
 
 
 class SharedPassEncoder:
-    """The tier classifier's own forward pass as the cache's encoder (one pass per request).
+    """The tier classifier's own pass as the cache's encoder (one pass per request).
 
-    ``classifier``: anything with ``predict_with_embeddings(texts) -> (scores, (n, d) array)``,
-    i.e. :class:`router.classifier.InProcessClassifier`. Texts must be the classifier's normalised
-    request text (what the classifier scores), not the bare last user turn.
+    ``classifier``: a classifier whose predictions carry embeddings (it has ``embedding_dim``:
+    :class:`router.classifier.BundleClassifier` and its wrappers). Texts must be the classifier's
+    normalised request text (what the classifier scores), not the bare last user turn.
     """
 
     def __init__(self, classifier: Any) -> None:
-        if not hasattr(classifier, "predict_with_embeddings"):
+        if not hasattr(classifier, "embedding_dim"):
             raise EncoderError(f"{type(classifier).__name__} returns no embeddings; use "
                                f"MiniLMEncoder for the cache instead")
         self.classifier = classifier
-        self.dim = int(classifier.model.config.hidden_size)
+        self.dim = int(classifier.embedding_dim)
         self.name = f"classifier:{classifier.meta.version}:{self.dim}"
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -143,5 +143,5 @@ class SharedPassEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         # Batches bound memory: attention is (batch x heads x tokens^2) per layer.
         return np.concatenate([
-            self.classifier.predict_with_embeddings(list(texts[start:start + batch_size]))[1]
+            self.classifier.predict_full(list(texts[start:start + batch_size])).embeddings
             for start in range(0, len(texts), batch_size)])

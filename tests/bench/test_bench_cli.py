@@ -1,4 +1,5 @@
-"""``tier-router bench`` end to end on a small workload: the report's invariants hold."""
+"""``tier-router bench`` end to end on a small workload: the report's invariants hold, and its
+``hybrid`` row is :func:`router.gate.replay` at the policy's point over the saved observations."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from bench.approaches import Observations
+from router.config import load_config
+from router.gate import config_point, replay
 from tests.conftest import CONFIG_PATH, REPO, tier_router_exe
 
 
@@ -38,12 +43,13 @@ def report(tiny_bert_dir: Path, bench_dir: Path) -> dict:
 
 def test_report_invariants(report: dict) -> None:
     approaches = report["approaches"]
-    assert set(approaches) == {"frontier_only", "routing_only", "cascade_only", "hybrid",
-                               "random_mix", "best_fixed_mix", "per_category_mix", "oracle"}
+    assert set(approaches) == {"frontier_only", "simple_only", "medium_only", "routing_only",
+                               "cascade_only", "hybrid", "hybrid_no_medium", "random_mix",
+                               "best_fixed_mix", "per_category_mix", "oracle"}
     oracle = approaches["oracle"]
     for name, row in approaches.items():
         assert set(row) >= {"cost_per_task", "p95_latency_ms", "quality", "quality_ci",
-                            "escalation_rate", "cache_hit_rate", "frontier_call_share"}
+                            "escalation_rate", "frontier_call_share", "mean_calls"}
         assert oracle["quality"] >= row["quality"] - 1e-9, name
         low, high = row["quality_ci"]
         assert low <= row["quality"] <= high, name
@@ -53,19 +59,40 @@ def test_report_invariants(report: dict) -> None:
     for name in ("random_mix", "best_fixed_mix"):
         assert approaches[name]["cost_per_task"] == pytest.approx(
             approaches["hybrid"]["cost_per_task"], rel=1e-6)
+    # the tiny model stores no operating point: the config's defaults, never refit here
+    assert report["point"]["source"] == "config" and report["threshold_source"] == "config"
+    assert "fitted_on_validation" not in report.get("settings", {})
+
+
+def test_the_hybrid_row_is_router_gate_replay_at_the_policy_point(report: dict,
+                                                                   bench_dir: Path) -> None:
+    config = load_config(CONFIG_PATH)
+    obs = Observations.load(bench_dir / "obs.npz")
+    assert obs.prices.min() > 0 and obs.allowed.dtype == bool
+    assert ((obs.p >= 0) & (obs.p <= 1)).all()
+    run = replay(obs.p, obs.prices, config_point(config.gate), obs.scores, obs.tier_map,
+                 max_calls=config.cascade.max_calls, allowed=obs.allowed, forced=obs.forced)
+    row = report["approaches"]["hybrid"]
+    assert row["cost_per_task"] == pytest.approx(
+        np.where(run.called, obs.cost, 0.0).sum(axis=1).mean())
+    assert row["escalation_rate"] == pytest.approx(run.escalated.mean())
 
 
 def test_every_curve_runs_from_the_cheapest_tier_to_frontier_only(report: dict) -> None:
     low, high = report["aiq"]["cost_range"]
     frontier = report["approaches"]["frontier_only"]
     assert high == pytest.approx(frontier["cost_per_task"])
+    assert low == pytest.approx(report["approaches"]["simple_only"]["cost_per_task"])
+    # no validation fold here: every grid point's test point, joined without an envelope
+    assert report["curve_protocol"].startswith("no validation rows")
+    assert report["validation"].startswith("none")
     for name, curve in report["curves"].items():
-        assert curve["cost"][0] == pytest.approx(low), name
-        assert curve["cost"] == sorted(curve["cost"])
-        assert curve["quality"] == sorted(curve["quality"]), name  # non-decreasing
-        # the curve reaches frontier-only's quality (or beats it earlier)
-        assert curve["quality"][-1] >= frontier["quality"] - 1e-9, name
+        assert curve["cost"] == sorted(curve["cost"]), name
+        assert low in curve["cost"] and high in curve["cost"], name
+        assert len(curve["kept"]) == len(report["sweeps"][name]["knobs"]), name
         assert 0.0 <= report["aiq"][name] <= 1.0
+    assert [k["price_weight"] for k in report["curves"]["hybrid"]["kept"]] == \
+        report["grids"]["price_weight"]
     assert report["rows_source"].startswith("all rows")
     assert report["per_category_rule"]["fitted_on"] == "two-fold cross-fit"
 
@@ -88,7 +115,8 @@ def test_docs_are_written_from_the_reports(report: dict, bench_dir: Path) -> Non
     text = docs.read_text()
     frontier = report["approaches"]["frontier_only"]
     assert f"| frontier_only | ${frontier['cost_per_task'] * 1000:.3f}e-3 | 100.0% |" in text
-    assert "hybrid AIQ above per_category_mix, interval excluding 0" in text
+    assert "hybrid AIQ - per_category_mix >= -0.01 (val-fixed" in text
+    assert "AIQ with medium disabled" in text and "| reported |" in text
     assert report["command"] in text
     empty = bench_dir / "empty"
     empty.mkdir(exist_ok=True)

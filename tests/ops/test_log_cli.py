@@ -172,6 +172,14 @@ def test_export_writes_every_column_of_the_window(db_url: str, tmp_path: Path) -
     rec = records[1]
     expected = {name: value for name, value in rec.to_row().items() if name != "created_at"}
     assert {k: v for k, v in first.items() if k not in ("id", "created_at")} == expected
+    # what the decision weighed survives as it was: the operating point, the expected prices,
+    # the allowed tiers and the neighbourhood (its unrecorded tier's share a JSON null)
+    assert first["thresholds"] == {"price_weight": 1000.0, "trust": 0.8, "escalate": 0.5,
+                                   "score_threshold": 0.55, "escalation_weight": 0.0}
+    assert first["extra"]["expected_cost_usd"] == rec.extra["expected_cost_usd"]
+    assert first["extra"]["allowed"] == ["medium", "critical"]
+    assert first["extra"]["neighbourhood"]["tiers"]["simple"] == {"recorded": 0, "right": None}
+    assert [step["failed"] for step in first["extra"]["cascade"]] == [True, False]
     assert (lines[1]["variant"], lines[2]["shadow"]) == (None, None)
 
     acme = tmp_path / "acme.parquet"
@@ -188,6 +196,7 @@ def test_export_writes_every_column_of_the_window(db_url: str, tmp_path: Path) -
         for name in JSON_COLUMNS:  # JSON columns as JSON text in Parquet
             row[name] = None if row[name] is None else json.loads(row[name])
     assert rows == [line for line in lines if line["tenant"] == "acme"]
+    assert rows[0]["extra"]["neighbourhood"] == records[1].extra["neighbourhood"]
 
 
 def test_an_empty_window_is_a_readable_empty_file(tmp_path: Path) -> None:

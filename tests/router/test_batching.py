@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 
 from router.batching import BatchingClassifier
-from router.classifier import InProcessClassifier
+from router.classifier import InProcessClassifier, Predictions, load_classifier
 
 
 def test_concurrent_requests_share_passes_and_get_their_own_rows(tiny_bert_dir: Path) -> None:
     inner = InProcessClassifier(tiny_bert_dir)
     batched = BatchingClassifier(inner, max_batch=16)
     texts = [f"user: question number {i} " + "word " * (i % 7) for i in range(48)]
-    expected_scores, expected_vectors = inner.predict_with_embeddings(texts)
-    results: dict[int, tuple] = {}
+    expected = inner.predict_full(texts)
+    results: dict[int, Predictions] = {}
     start = threading.Barrier(len(texts))
 
     def ask(i: int) -> None:
         start.wait()
-        results[i] = batched.predict_with_embeddings([texts[i]])
+        results[i] = batched.predict_full([texts[i]])
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
     for thread in threads:
@@ -30,12 +30,46 @@ def test_concurrent_requests_share_passes_and_get_their_own_rows(tiny_bert_dir: 
     for thread in threads:
         thread.join()
     for i in range(len(texts)):
-        scores, vectors = results[i]
-        assert scores[0] == pytest.approx(expected_scores[i], abs=1e-5)
-        assert np.allclose(vectors[0], expected_vectors[i], atol=1e-5)
+        found = results[i]
+        assert len(found) == 1  # its own row, not the batch's
+        # abs 1e-6: the tiny model's scores for different texts differ by ~1e-5
+        assert found.scores[0] == pytest.approx(expected.scores[i], abs=1e-6)
+        assert np.allclose(found.embeddings[0], expected.embeddings[i], atol=1e-5)
+        assert found.allowed[0].tolist() == expected.allowed[i].tolist()
+        assert found.output_tokens[0].tolist() == expected.output_tokens[i].tolist()
     assert batched.batched_items == len(texts)
     assert batched.batches < len(texts)  # requests that queued together shared a pass
     assert batched.meta is inner.meta and batched.tokenizer is inner.tokenizer
+    assert batched.embedding_dim == inner.embedding_dim  # the cache's shared pass still works
+    for got, want in zip(batched.predict(texts[:2]), inner.predict(texts[:2]), strict=True):
+        assert got == pytest.approx(want, abs=1e-6)
+    batched.close()
+
+
+def test_a_batched_static_bundle_keeps_each_requests_neighbourhood(tiny_static_dir: Path) -> None:
+    inner = load_classifier(str(tiny_static_dir))
+    batched = BatchingClassifier(inner, max_batch=8)
+    texts = [f"user: {word} my card" for word in ("block", "cancel", "replace", "order",
+                                                    "freeze", "activate")]
+    expected = inner.predict_full(texts)
+    # the texts fall in different clusters, so a row handed to the wrong request would show
+    assert len({expected.explanation(i)["cluster"] for i in range(len(texts))}) > 1
+    results: dict[int, Predictions] = {}
+    start = threading.Barrier(len(texts))
+
+    def ask(i: int) -> None:
+        start.wait()
+        results[i] = batched.predict_full([texts[i]])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, text in enumerate(texts):
+        assert results[i].explanation(0) == expected.explanation(i), text
+        assert results[i].tier_allowed(0) == expected.tier_allowed(i)
+        assert results[i].tier_output_tokens(0) == expected.tier_output_tokens(i)
     batched.close()
 
 

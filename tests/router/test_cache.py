@@ -13,9 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.cache import CacheError, SemanticCache, cache_key, create_cache
+from router.cache import (
+    CacheError,
+    EncoderError,
+    SemanticCache,
+    SharedPassEncoder,
+    cache_key,
+    create_cache,
+)
 from router.cache.embedded import FILE_NAME, EmbeddedCache
-from router.classifier import InProcessClassifier
+from router.classifier import FixedTierClassifier, InProcessClassifier, load_classifier
 from router.config import CacheConfig
 
 DIM = 8
@@ -380,13 +387,32 @@ def test_concurrent_store_lookup_evict_from_threads(tmp_path: Path) -> None:
 
 # -- the shared encoder pass --------------------------------------------------------------------
 
-def test_predict_with_embeddings_shares_the_classifier_pass(tiny_bert_dir: Path) -> None:
+def test_predict_full_carries_the_embedding_of_the_classifier_pass(tiny_bert_dir: Path) -> None:
     classifier = InProcessClassifier(tiny_bert_dir)
     texts = ["user: reset my PIN", "user: what is the capital of France? " * 3]
-    scores, embeddings = classifier.predict_with_embeddings(texts)
+    found = classifier.predict_full(texts)
     expected = classifier.predict(texts)
-    for got, want in zip(scores, expected, strict=True):
-        assert got == pytest.approx(want, abs=1e-6)
+    for i, want in enumerate(expected):
+        assert found.tier_scores(i) == pytest.approx(want, abs=1e-6)
+    embeddings = found.embeddings
     assert embeddings.shape == (2, 32) and embeddings.dtype == np.float32
     assert np.linalg.norm(embeddings, axis=1) == pytest.approx([1.0, 1.0], abs=1e-5)
-    assert classifier.predict_with_embeddings([])[1].shape == (0, 32)
+    assert not np.allclose(embeddings[0], embeddings[1], atol=1e-3)
+    empty = classifier.predict_full([])
+    assert empty.embeddings.shape == (0, 32) and empty.scores.shape == (0, 3)
+
+
+def test_the_shared_pass_encoder_reuses_the_classifiers_embeddings(tiny_bert_dir: Path,
+                                                                   tiny_static_dir: Path) -> None:
+    classifier = InProcessClassifier(tiny_bert_dir)
+    encoder = SharedPassEncoder(classifier)
+    texts = [f"user: question {i}" for i in range(5)]
+    assert (encoder.dim, encoder.name) == (32, f"classifier:{classifier.meta.version}:32")
+    # batches of 2 give the rows one pass over all five would
+    vectors = encoder.encode(texts, batch_size=2)
+    assert np.allclose(vectors, classifier.predict_full(texts).embeddings, atol=1e-5)
+    assert encoder.encode([]).shape == (0, 32)
+    static = load_classifier(str(tiny_static_dir))
+    assert SharedPassEncoder(static).encode(texts).shape == (5, 16)
+    with pytest.raises(EncoderError, match="returns no embeddings"):
+        SharedPassEncoder(FixedTierClassifier("simple"))

@@ -22,8 +22,12 @@ def test_shipped_config_maps_tiers_as_designed(router_config: RouterConfig) -> N
     for tier in TIERS:
         providers = {d.provider for d in router_config.deployments(tier)}
         assert len(providers) >= 2, f"{tier} needs two providers for same-tier fallback"
-    assert (router_config.gate.escalate_threshold, router_config.gate.trust_threshold) == (
-        0.70, 0.85)
+    gate = router_config.gate
+    # The operating point's defaults (a model's fitted point overrides them): lambda 50
+    # probability per USD, route from 0.8, escalate below 0.5, an answer scored below 0.5 fails.
+    assert (gate.price_weight, gate.escalate_threshold, gate.trust_threshold,
+            gate.score_threshold) == (50.0, 0.50, 0.80, 0.5)
+    assert "score_threshold" not in router_config.cascade.model_dump()  # moved to the gate
     rules = {rule.domain: rule.tier for rule in router_config.overrides.rules}
     assert rules == {"finance": "critical", "legal": "critical", "medical": "critical"}
 
@@ -50,6 +54,12 @@ def _shipped() -> dict:
     (lambda d: d["gate"].update(trust_treshold=0.9), "gate.trust_treshold", "unknown field"),
     (lambda d: d["gate"].update(trust_threshold=1.5), "gate.trust_threshold", "less than or equal"),
     (lambda d: d["gate"].update(escalate_threshold=0.9), "gate", "must not exceed"),
+    (lambda d: d["gate"].update(price_weight=-5), "gate.price_weight", "greater than or equal"),
+    (lambda d: d["gate"].update(price_weight=float("inf")), "gate.price_weight", "finite number"),
+    (lambda d: d["gate"].update(score_threshold=-0.1), "gate.score_threshold",
+     "greater than or equal"),
+    (lambda d: d["cascade"].update(score_threshold=0.5), "cascade.score_threshold",
+     "unknown field"),
     (lambda d: d["model_list"][2].update(model_name="cheap"), "model_list[2].model_name",
      "'simple', 'medium' or 'critical'"),
     (lambda d: d["model_list"][0]["litellm_params"].pop("input_cost_per_token"),

@@ -19,8 +19,9 @@ from ops.monitor import evaluate, load_rules
 from router.classifier import ClassifierError, load_classifier
 from router.config import MonitorConfig, RouterConfig
 from router.dispatch import Dispatcher
-from router.gate import Thresholds, decide
+from router.gate import OperatingPoint
 from router.monitor import (
+    CONFIDENCE_EDGES,
     DriftMonitor,
     DriftReferenceError,
     check_reference,
@@ -45,14 +46,37 @@ def test_psi_is_zero_for_equal_shares_and_grows_with_the_shift() -> None:
     assert math.isfinite(psi([1.0, 0.0], [0.0, 1.0]))  # empty bins are floored, not infinite
     shares = confidence_shares([0.34, 0.5, 0.99, 1.0])
     assert len(shares) == 10 and sum(shares) == pytest.approx(1.0)
+    # The chosen tier's P(acceptable) can be anywhere in [0, 1] (a price weight picks a cheap,
+    # unlikely tier): low confidences keep their own bins, 0.1 wide from 0.
+    assert CONFIDENCE_EDGES[0] == 0.0 and CONFIDENCE_EDGES[-1] == 1.0
+    assert confidence_shares([0.05, 0.15, 0.25, 0.95]) == pytest.approx(
+        [0.25, 0.25, 0.25, 0, 0, 0, 0, 0, 0, 0.25])
+
+
+def test_the_reference_is_the_chosen_tiers_confidence_and_mix() -> None:
+    # Two rows: simple chosen at 0.8 (routed), critical chosen at 0.2 (the gate escalated it).
+    good = reference_distribution(np.array([0.8, 0.2]), np.array([0, 2]), np.ones(2),
+                                  np.array([False, True]), np.array([False, False]),
+                                  source="test")
+    assert check_reference(good) is good and good["gate_escalation_rate"] == 0.5
+    assert good["tiers"] == {"simple": 0.5, "medium": 0.0, "critical": 0.5}
+    assert good["confidence"] == pytest.approx([0, 0, 0.5, 0, 0, 0, 0, 0, 0.5, 0])
+    assert (good["rows"], good["source"], good["override_rate"]) == (2, "test", 0.0)
+    # Weights count; an overridden row never reached the gate: escalations over the others,
+    # (1 * 1 + 2 * 0) / 3, and overrides 1 of 4 weighted rows.
+    weighted = reference_distribution(np.array([0.3, 0.3, 0.9]), np.array([1, 1, 0]),
+                                      np.array([1.0, 1.0, 2.0]), np.array([True, True, False]),
+                                      np.array([True, False, False]), source="w")
+    assert weighted["gate_escalation_rate"] == pytest.approx(1 / 3)
+    assert weighted["override_rate"] == pytest.approx(0.25)
+    assert weighted["tiers"] == {"simple": 0.5, "medium": 0.5, "critical": 0.0}
 
 
 def test_a_malformed_reference_is_refused_with_a_reason(tmp_path: Path,
                                                         tiny_bert_dir: Path) -> None:
-    good = reference_distribution(np.array([[0.8, 0.1, 0.1], [0.2, 0.2, 0.6]]),
-                                  np.ones(2), np.array([False, True]), np.array([False, False]),
+    good = reference_distribution(np.array([0.8, 0.2]), np.array([0, 2]), np.ones(2),
+                                  np.array([False, True]), np.array([False, False]),
                                   source="test")
-    assert check_reference(good) is good and good["gate_escalation_rate"] == 0.5
     with pytest.raises(DriftReferenceError, match="tiers"):
         check_reference({**good, "tiers": {"simple": 1.0}})
     with pytest.raises(DriftReferenceError, match="one share per bin"):
@@ -92,11 +116,22 @@ def _text(record) -> str:
     return normalise(request_messages(record.messages()))
 
 
+# The support deployment's price weight: at 100, GPT-4 (~2e-3 USD for a short question, i.e.
+# 0.2 of success probability) must be much likelier than Mixtral to be chosen -- word problems
+# go to critical, account questions stay on simple.
+SUPPORT_PRICE_WEIGHT = 100.0
+
+
+def _decisions(policy: RouterPolicy, texts: list[str]) -> list:
+    return [policy.decide(RouteRequest(messages=[{"role": "user", "content": t}]))
+            for t in texts]
+
+
 @pytest.fixture(scope="module")
-def support_model(tmp_path_factory: pytest.TempPathFactory):
+def support_model(tmp_path_factory: pytest.TempPathFactory, router_config: RouterConfig):
     """A MiniLM tier classifier for a support deployment, trained here with the product's
-    trainer (3 epochs of 360 rows, ~20 s): Banking77 queries are simple (the intent rule), GSM8K
-    word problems critical.
+    trainer (per-tier heads, 3 epochs of 360 rows, ~30 s): any tier answers a Banking77 query
+    (the intent rule), only critical a GSM8K word problem.
     Returns (bundle dir, steady texts, shifted texts); none of them were trained on."""
     from training.params import TrainParams
     from training.train import resolve_base_model, train_classifier
@@ -106,11 +141,14 @@ def support_model(tmp_path_factory: pytest.TempPathFactory):
     math_rows = [_text(r) for r in load_workload("gsm8k").records]
     rng.shuffle(banking)
     rng.shuffle(math_rows)
+    every = json.dumps(dict.fromkeys(TIERS, 1))
+    only_critical = json.dumps({"simple": 0, "medium": 0, "critical": 1})
     train = pd.DataFrame({"text": banking[:240] + math_rows[:120],
+                          "targets": [every] * 240 + [only_critical] * 120,
                           "label": ["simple"] * 240 + ["critical"] * 120})
     root = tmp_path_factory.mktemp("support-model")
     params = TrainParams(max_length=32, epochs=3, batch_size=16, max_train_rows=360,
-                         max_eval_rows=60, eval_steps=1000, seed=7)
+                         max_eval_rows=60, eval_steps=1000, seed=7, head="per_tier")
     train_classifier(train, train.sample(60, random_state=7), params, root,
                      resolve_base_model("minilm"))
     # Steady support traffic: 85% account questions, 15% homework. The shift: high-stakes
@@ -122,19 +160,31 @@ def support_model(tmp_path_factory: pytest.TempPathFactory):
                    ("professional_law", "professional_medicine", "professional_accounting")]
     shifted = rng.sample(high_stakes, WINDOW)
     bundle = root / "merged"
-    classifier = load_classifier(str(bundle))
-    probs = np.array([[p[t] for t in TIERS] for p in classifier.predict(reference_texts)])
-    # The gate's escalate threshold fitted like an operator would: 10% of reference traffic
-    # escalates (trust 0.99 keeps everything below it cascading or escalating).
-    escalate = float(np.quantile(probs.max(axis=1), 0.10))
-    thresholds = Thresholds(escalate, max(escalate, 0.99), "test")
-    escalated = np.array([decide(dict(zip(TIERS, p, strict=True)), thresholds).action
-                          == "escalate" for p in probs])
-    reference = reference_distribution(probs, np.ones(len(probs)), escalated,
-                                       np.zeros(len(probs), bool), "support reference")
+    config = router_config.model_copy(update={"cache": router_config.cache.model_copy(
+        update={"enabled": False})})
+    policy = RouterPolicy(config, load_classifier(str(bundle)), Dispatcher(config))
+    # The escalate threshold fitted like an operator would: 10% of reference traffic escalates
+    # (the chosen tier's P below it; choosing critical never escalates). The thresholds do not
+    # move the rule's choice, only the price weight does.
+    policy.point = OperatingPoint(SUPPORT_PRICE_WEIGHT, 1.0, 0.0, 0.5, "fitting")
+    first = _decisions(policy, reference_texts)
+    below_top = np.array([d.confidence for d in first if d.predicted_tier != TIERS[-1]])
+    escalate = float(np.quantile(below_top, min(1.0, 0.10 * len(first) / len(below_top))))
+    # trust 0.99 keeps everything below it cascading (cascades are off in the replay) or
+    # escalating
+    point = OperatingPoint(SUPPORT_PRICE_WEIGHT, max(escalate, 0.99), escalate, 0.5, "fitting")
+    policy.point = point
+    decided = _decisions(policy, reference_texts)
+    reference = reference_distribution(
+        np.array([d.confidence for d in decided]),
+        np.array([TIERS.index(d.predicted_tier) for d in decided]), np.ones(len(decided)),
+        np.array([d.gate is not None and d.gate.action == "escalate" for d in decided]),
+        np.array([d.override is not None for d in decided]), "support reference")
+    assert 0.05 <= reference["gate_escalation_rate"] <= 0.15  # the fit did what it says
+    meta = json.loads((bundle / "router_model.json").read_text())
     (bundle / "router_model.json").write_text(json.dumps({
-        "version": "support-1", "max_length": 32, "reference": reference,
-        "thresholds": {"escalate": thresholds.escalate, "trust": thresholds.trust}}))
+        **meta, "version": "support-1", "reference": reference,
+        "operating_point": point.as_dict()}))
     return bundle, steady[:WINDOW], shifted
 
 
@@ -146,6 +196,8 @@ def test_a_traffic_shift_raises_drift_and_the_escalation_alert_steady_traffic_do
         "cache": router_config.cache.model_copy(update={"enabled": False}),
         "cascade": router_config.cascade.model_copy(update={"enabled": False})})
     classifier = load_classifier(str(bundle))
+    assert classifier.meta.operating_point.source == "model:support-1"
+    assert classifier.meta.operating_point.price_weight == SUPPORT_PRICE_WEIGHT
     registry = CollectorRegistry()
     monitor = DriftMonitor(MonitorConfig(window=WINDOW, min_requests=WINDOW),
                            classifier.meta.reference, registry=registry)

@@ -53,6 +53,17 @@ def test_first_simple_provider_down(tmp_path: Path, simple_a_down: SimulatorProc
     assert 0.6 < report["quality"] < 0.85
     assert report["escalation_rate"] == 0.0
     assert report["p50_ms"] <= report["p95_ms"]
+    # fixed:simple: p 1 for simple and only simple allowed, so the rule chooses it at 1.0 and
+    # routes; it stores no operating point, the config's defaults decide (and are recorded).
+    config_point = {"price_weight": 50.0, "trust": 0.8, "escalate": 0.5,
+                    "score_threshold": 0.5, "escalation_weight": 0.0}
+    for row in rows:
+        assert (row.predicted_tier, row.confidence, row.gate_action) == ("simple", 1.0, "route")
+        assert (row.threshold_source, row.thresholds) == ("config", config_point)
+        assert row.extra["allowed"] == ["simple"]
+        prices = row.extra["expected_cost_usd"]
+        # the same prompt and output tokens at each tier: GPT-4's prices are 18-55x Mixtral's
+        assert 0 < prices["simple"] < prices["medium"] < prices["critical"]
 
 
 def test_whole_simple_tier_down_and_frontier_down(tmp_path: Path,

@@ -30,13 +30,18 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def full_record(n: int = 0, **changes: Any) -> DecisionRecord:
-    """A record with every field set; ``n`` makes request_id and text_hash unique."""
+    """A record with every field set, shaped like the request path writes it (router/policy.py:
+    per-tier P(acceptable), the operating point, expected prices, the neighbourhood, cascade
+    steps); ``n`` makes request_id and text_hash unique."""
     rec = DecisionRecord(
         request_id=f"req-{n:05d}", tenant="acme", text_hash=hash_text(f"question {n}"),
         requested_model="auto", created_at=T0 + timedelta(seconds=n, microseconds=123_456),
-        scores={"simple": 0.125, "medium": 0.6, "critical": 0.275}, predicted_tier="medium",
+        # each tier's own P(acceptable): not a distribution, need not sum to 1
+        scores={"simple": 0.125, "medium": 0.6, "critical": 0.875}, predicted_tier="medium",
         confidence=0.6, gate_action="cascade", override_rule=None, override_domain=None,
-        pinned=False, target_tier="medium", thresholds={"escalate": 0.7, "trust": 0.85},
+        pinned=False, target_tier="medium",
+        thresholds={"price_weight": 1000.0, "trust": 0.8, "escalate": 0.5,
+                    "score_threshold": 0.55, "escalation_weight": 0.0},
         threshold_source="model:v3",
         deployments_tried=["medium-a", "medium-b", "critical-a"],
         fallbacks=[{"kind": "deployment", "from": "medium-a", "to": "medium-b", "reason": "429"},
@@ -47,11 +52,23 @@ def full_record(n: int = 0, **changes: Any) -> DecisionRecord:
                     "dispatch": 1_480.5, "total": 1_493.1},
         status="ok", error=None, model_version="v3", cache_status="miss",
         cache_similarity=0.912_345_678_9, feedback=None,
-        extra={"escalation_reason": "cascade", "ab": {"variant": "b", "weights": [1, 2.5]}},
+        extra={"escalation_reason": "cascade", "ab": {"variant": "b", "weights": [1, 2.5]},
+               "expected_cost_usd": {"simple": 3.905e-05, "medium": 4.97e-05,
+                                     "critical": 0.001_99},
+               "prompt_tokens_estimate": 203.0, "allowed": ["medium", "critical"],
+               "neighbourhood": {"cluster": 7, "rows": 1204, "checkable": True,
+                                 "tiers": {"simple": {"recorded": 0, "right": None},
+                                           "medium": {"recorded": 1204, "right": 0.5831},
+                                           "critical": {"recorded": 1204, "right": 0.9302}}},
+               "cascade": [{"tier": "medium", "score": 0.21, "threshold": 0.55, "failed": True,
+                            "cost_usd": 0.000_21, "scorer_ms": 3.2},
+                           {"tier": "critical", "score": None, "threshold": 0.55,
+                            "failed": False, "cost_usd": 0.010_82, "scorer_ms": 2.9}]},
         variant="escalate-0.65",
         shadow={"model_version": "v4", "predicted_tier": "simple", "confidence": 0.71,
-                "gate_action": "route", "target_tier": "simple",
-                "scores": {"simple": 0.71, "medium": 0.2, "critical": 0.09}})
+                "gate_action": "route", "target_tier": "simple", "agrees": False,
+                "same_prediction": False, "est_cost_usd": 0.000_11, "live_est_cost_usd": 0.0035,
+                "scores": {"simple": 0.71, "medium": 0.8, "critical": 0.93}})
     return dataclasses.replace(rec, **changes)
 
 
@@ -83,7 +100,11 @@ def test_record_to_row_from_row_is_lossless() -> None:
     row = rec.to_row()
     row["scores"]["simple"] = 1.0  # a deep copy: the record is not changed
     row["shadow"]["scores"]["simple"] = 1.0
+    row["extra"]["neighbourhood"]["tiers"]["medium"]["right"] = 0.0
+    row["thresholds"]["trust"] = 0.1
     assert rec.scores["simple"] == 0.125
+    assert rec.extra["neighbourhood"]["tiers"]["medium"]["right"] == 0.5831
+    assert rec.thresholds["trust"] == 0.8
     assert rec.shadow is not None and rec.shadow["scores"]["simple"] == 0.71
     minimal = DecisionRecord(request_id="r", tenant="t", text_hash="h", requested_model="auto")
     assert minimal.created_at.tzinfo is not None
@@ -371,6 +392,13 @@ def test_metrics_exposition_counts_decisions() -> None:
     assert value("tier_router_decision_log_spilled_total") == 0
     assert value("tier_router_requests_total", final_tier="simple", gate_action="route",
                  status="ok") == 1
+    # every record carries full_record's shadow: the challenger disagreed, would have routed
+    assert value("tier_router_shadow_total", agrees="false") == 4
+    assert value("tier_router_shadow_escalations_total") == 0
+    assert value("tier_router_shadow_est_cost_usd_total", which="would_be") == pytest.approx(
+        4 * 0.000_11)
+    assert value("tier_router_shadow_est_cost_usd_total", which="live") == pytest.approx(
+        4 * 0.0035)
     assert not [k for k in samples(other) if k[0] == "tier_router_requests_total"]
 
 

@@ -12,11 +12,13 @@ import httpx
 import pytest
 import yaml
 
+from router.config import GateConfig
 from router.telemetry import DecisionLog, DecisionRecord
 from tests.conftest import CONFIG_PATH, ServiceProcess, SimulatorProcess, tier_router_exe
 from tests.serving.test_service import (  # noqa: F401  (registry is a fixture)
     KEY_A,
     MODEL,
+    POINT,
     Registry,
     _ask,
     _post,
@@ -30,8 +32,8 @@ REQUESTS = 40
 @pytest.fixture(scope="module")
 def operated(registry: Registry,  # noqa: F811
              simulator: SimulatorProcess) -> Iterator[ServiceProcess]:
-    """The service with an A/B split per request (the model's thresholds vs thresholds that
-    escalate everything) and the registry's challenger (v2: all critical) in shadow mode."""
+    """The service with an A/B split per request (the model's operating point vs a point that
+    escalates everything) and the registry's challenger (v2: all critical) in shadow mode."""
     from mlflow import MlflowClient
 
     MlflowClient(tracking_uri=registry.tracking_uri).set_registered_model_alias(
@@ -75,14 +77,24 @@ def test_shadow_and_ab_split_are_recorded_and_reported(operated: ServiceProcess)
     arms = {row.variant for row in mine}
     assert arms == {"fitted", "escalate-all"}
     for row in mine:
-        # v1 puts ~all its probability on simple: the model's thresholds route it there, the
-        # escalate-all arm sends it up; the challenger (v2) would always have gone critical.
+        # v1 is ~sure only simple's answer is acceptable: the model's point routes it there;
+        # the escalate-all arm (confidence never reaches 1) sends it up, to critical since no
+        # tier's P reaches trust 1; the challenger (v2) would always have gone critical.
         if row.variant == "fitted":
             assert (row.threshold_source, row.gate_action, row.final_tier) == (
                 "model:tiny-1", "route", "simple")
+            assert row.thresholds == POINT
         else:
             assert (row.threshold_source, row.gate_action) == ("ab:escalate-all", "escalate")
-            assert row.final_tier == "critical"
+            assert (row.predicted_tier, row.final_tier) == ("simple", "critical")
+            # a variant's gate is a whole operating point: what it leaves out is the config
+            # class's default, not the model's fitted value
+            assert {k: row.thresholds[k] for k in ("trust", "escalate")} == {
+                "trust": 1.0, "escalate": 1.0}
+            assert row.thresholds["price_weight"] == GateConfig().price_weight
+            assert GateConfig().price_weight != POINT["price_weight"]
+        prices = row.extra["expected_cost_usd"]  # what the rule weighed, for ab replay
+        assert prices["critical"] > prices["medium"] > 0 and prices["critical"] > prices["simple"]
         shadow = row.shadow
         assert shadow["model_version"] == "tiny-2" and shadow["target_tier"] == "critical"
         assert shadow["agrees"] is (row.variant == "escalate-all")
@@ -99,8 +111,8 @@ def test_shadow_and_ab_split_are_recorded_and_reported(operated: ServiceProcess)
     assert judged["verdict"].startswith("fitted is better than escalate-all on "
                                         "cost_per_task_usd, escalation_rate")
     assert "quality: not enough data" in judged["verdict"]  # nobody rated an answer
-    # Offline: the same logged traffic gated again under each arm (the control arm takes the
-    # champion's fitted thresholds, hence --model).
+    # Offline: the same logged traffic decided again under each arm (the control arm takes the
+    # champion's fitted operating point, hence --model).
     replayed = _cli("ab", "replay", "--config", config, "--db", db, "--model",
                     f"models:/{MODEL}@champion", "--tracking-uri",
                     operated.tracking_uri)["variants"]  # type: ignore[attr-defined]

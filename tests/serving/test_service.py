@@ -13,20 +13,34 @@ from pathlib import Path
 import httpx
 import pytest
 
+from router.config import RouterConfig
 from router.telemetry import DecisionLog
 from serving.settings import hash_key
 from tests import openai_spec
-from tests.conftest import REPO, ServiceProcess, SimulatorProcess
+from tests.conftest import OPERATING_POINT, REPO, ServiceProcess, SimulatorProcess
 from tests.router.pg import PostgresServer
 
 KEY_A, KEY_B = "sk-test-tenant-a-0123456789", "sk-test-tenant-b-9876543210"
 MODEL = "tier-classifier"
-# v1 sends everything to simple, v2 everything to critical; both trust their top tier.
+# Head-only calibration biases (format-2 bundles, TIERS order) on the untrained tiny BERT: v1 is
+# ~sure only simple's answer is acceptable (sigmoid(6) ~ 0.998 there, ~0.002 elsewhere), v2 only
+# critical's. Their stored operating point buys the likeliest answer whatever it costs and never
+# escalates, so v1 routes everything to simple and v2 everything to critical.
 BIASES = {"1": [6.0, -6.0, -6.0], "2": [-6.0, -6.0, 6.0]}
+POINT = {"price_weight": 0.0, "trust": 0.0, "escalate": 0.0, "score_threshold": 0.5,
+         "escalation_weight": 0.0}
 
 
-def _register(tiny_bert_dir: Path, root: Path, tracking_uri: str) -> dict[str, str]:
-    """Two versions of a tiny classifier under ``MODEL``; champion -> v1. {version: meta}."""
+def _bundle_meta(version: str, bias: list[float]) -> dict:
+    return {"format": 2, "version": version, "backend": "transformer", "head": "per_tier",
+            "head_only": {"head": [1.0, 1.0, 1.0], "prior": [0.0, 0.0, 0.0], "bias": bias},
+            "operating_point": POINT}
+
+
+def _register(tiny_bert_dir: Path, tiny_static_dir: Path, root: Path,
+              tracking_uri: str) -> dict[str, str]:
+    """Three versions under ``MODEL``: the two tiny BERTs above and (v3) the tiny static bundle
+    with its neighbourhood table and stored point; champion -> v1. {version: meta version}."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -35,13 +49,16 @@ def _register(tiny_bert_dir: Path, root: Path, tracking_uri: str) -> dict[str, s
     mlflow.set_tracking_uri(tracking_uri)
     experiment = mlflow.create_experiment("service-test",
                                           artifact_location=(root / "artifacts").as_uri())
-    versions = {}
+    bundles = []
     for number, bias in BIASES.items():
         bundle = root / f"bundle-{number}"
         shutil.copytree(tiny_bert_dir, bundle)
-        meta = f"tiny-{number}"
-        (bundle / "router_model.json").write_text(json.dumps(
-            {"version": meta, "bias": bias, "thresholds": {"escalate": 0.0, "trust": 0.0}}))
+        (bundle / "router_model.json").write_text(json.dumps(_bundle_meta(f"tiny-{number}",
+                                                                          bias)))
+        bundles.append((bundle, f"tiny-{number}"))
+    bundles.append((tiny_static_dir, "tiny-static"))
+    versions = {}
+    for bundle, meta in bundles:
         with mlflow.start_run(experiment_id=experiment) as run:
             mlflow.pyfunc.log_model(name="model", python_model=_pyfunc_class()(),
                                     artifacts={MLFLOW_ARTIFACT: str(bundle)})
@@ -59,10 +76,12 @@ class Registry:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Registry:
+def registry(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path,
+             tiny_static_dir: Path) -> Registry:
     root = tmp_path_factory.mktemp("service")
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-    _register(tiny_bert_dir, root, tracking_uri)
+    assert _register(tiny_bert_dir, tiny_static_dir, root, tracking_uri) == {
+        "1": "tiny-1", "2": "tiny-2", "3": "tiny-static"}
     keys = root / "api-keys"
     keys.write_text(f"# sha256(key) tenant\n{hash_key(KEY_A)} tenant-a\n"
                     f"{hash_key(KEY_B)} tenant-b\n")
@@ -203,7 +222,39 @@ def test_route_endpoint_decides_without_answering(service: ServiceProcess) -> No
     assert response.status_code == 200
     decision = response.json()
     assert decision["target_tier"] == "simple" and "choices" not in decision
-    assert set(decision["scores"]) == {"simple", "medium", "critical"}
+    assert decision["scores"]["simple"] > 0.99 > 0.01 > decision["scores"]["critical"]
+    # The operating point stored with v1, and the prices the rule weighed.
+    assert decision["thresholds"] == POINT
+    assert decision["threshold_source"] == "model:tiny-1"
+    prices = decision["expected_cost_usd"]
+    assert set(prices) == {"simple", "medium", "critical"}
+    # critical's list price is 10-30 USD per 1M tokens against simple's 0.5-0.6
+    assert prices["critical"] > 10 * prices["simple"] > 0
+    assert decision["neighbourhood"] is None  # a transformer bundle without a table
+
+
+def test_service_check_reports_who_answered_and_agrees_with_the_library(
+        service: ServiceProcess, router_config: RouterConfig) -> None:
+    """``tier-router service-check``'s core on the champion v1, which is ~sure only simple's
+    answer is acceptable at price weight 0: every Banking77 query answered by simple, and the
+    library's own decision on the same requests names the same tier."""
+    import mlflow
+
+    from bench.service_check import check, draw_test_queries
+    from router.classifier import load_classifier
+    from workloads import load_workload
+
+    mlflow.set_tracking_uri(service.tracking_uri)  # type: ignore[attr-defined]
+    records = draw_test_queries(list(load_workload("banking77").records), 12, seed=3)
+    assert len(records) == 12 and all(".test." in r.id for r in records)
+    report = check(service.root, KEY_A, records, router_config,
+                   load_classifier(f"models:/{MODEL}/1"))
+    assert report["requests"] == 12
+    assert report["final_tier_share"] == {"simple": 1.0, "medium": 0.0, "critical": 0.0}
+    assert report["answered_by_critical"] == 0.0 and report["escalated"] == 0.0
+    assert report["service_vs_library_same_tier"] == 1.0
+    assert report["demo_prompt"]["final_tier"] == "simple"
+    assert report["cost_per_task_usd"] > 0
 
 
 @pytest.mark.parametrize("backend", ["embedded", "chroma"])
@@ -255,6 +306,16 @@ def test_moving_the_champion_alias_switches_models_without_a_restart(
         assert served_after_alias("2").json()["target_tier"] == "critical"
         answered = _post(service, KEY_A, _ask("And now?"))
         assert answered.json()["router"]["final_tier"] == "critical"
+        # v3, a static bundle: its neighbourhood explains the decision, its own point applies.
+        static = served_after_alias("3").json()
+        assert static["threshold_source"] == "model:tiny-static"
+        assert {k: static["thresholds"][k] for k in OPERATING_POINT} == OPERATING_POINT
+        hood = static["neighbourhood"]
+        # the fixture's table: 4 clusters of 100, 50, 20 and 5 rows, medium unrecorded in #1
+        cluster = hood["cluster"]
+        assert hood["rows"] == [100, 50, 20, 5][cluster]
+        assert hood["tiers"]["medium"]["recorded"] == [100, 0, 20, 5][cluster]
+        assert set(hood["tiers"]) == {"simple", "medium", "critical"}
         # Rollback = move the alias back.
         assert served_after_alias("1").json()["target_tier"] == "simple"
     finally:

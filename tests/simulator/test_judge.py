@@ -43,6 +43,27 @@ def test_recorded_tier_never_makes_an_aliased_medium(mmlu: Workload,
     assert sim_judge.recorded_tier(routerbench, medium) == "medium"
 
 
+def test_recorded_tier_agrees_with_the_outcomes_labeller_on_harvested_rows(
+        mmlu: Workload, routerbench: Workload) -> None:
+    """The stand-in judges from the same evidence the label stage reads: each tier's own
+    outcome as harvest records it (RouteLLM's medium null). With "no tier right" labelled
+    critical, as the stand-in answers, the two agree on every row."""
+    import pandas as pd
+
+    from training.harvest import seed_rows
+    from workloads import load_workload
+
+    labeller = labellers.OutcomesLabeller(unresolved_tier="critical")
+    for workload, cap in ((routerbench, 400), (mmlu, 400), (load_workload("mt_bench"), None)):
+        rows, _ = seed_rows(workload, cap=cap, seed=1)
+        frame = pd.DataFrame(rows)
+        labels = labeller.label(frame)
+        by_id = {record.id: record for record in workload.records}
+        judged = [sim_judge.recorded_tier(workload, by_id[row_id]) for row_id in frame["row_id"]]
+        assert judged == [None if pd.isna(label) else label for label in labels["label"]]
+        assert len(set(judged)) >= 2, workload.name  # not trivially one tier
+
+
 def test_invalid_share_is_deterministic_and_near_the_rate() -> None:
     texts = [f"user: question {i}" for i in range(2000)]
     draws = [sim_judge.answer_is_invalid(t, 0) for t in texts]

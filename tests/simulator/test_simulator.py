@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 
@@ -14,9 +15,11 @@ import pytest
 from router.config import RouterConfig
 from router.tokens import count_prompt_tokens, count_tokens
 from simulator import SimulatorError, parse_fail_spec
+from simulator.catalog import AnswerCatalog
 from tests import openai_spec
 from tests.conftest import CONFIG_PATH, SimulatorProcess, tier_router_exe
 from workloads import Workload
+from workloads.answers import generic_answer, record_answer, synthetic_answer
 
 DEPLOYMENTS = {  # tier -> (provider, served model) of the shipped config's first deployment
     "simple": ("together", "mistralai/mixtral-8x7b-chat"),
@@ -68,9 +71,18 @@ def test_mmlu_prompt_gets_a_synthetic_answer_marked_as_such(
     assert (found["answer_kind"], found["recorded_model"], found["recorded_correct"]) == (
         "synthetic", "gpt4_1106", True)
     # RouteLLM has no medium model: the medium tier answers as the next tier up (GPT-4).
+    assert mmlu.executing_tier("medium") == "critical"
     medium = client(simulator.url("deepinfra")).chat.completions.create(
         model="zero-one-ai/Yi-34B-Chat", messages=record.messages())
     assert lookup(simulator, medium.id)["recorded_model"] == "gpt4_1106"
+    assert medium.choices[0].message.content == f"The answer is {record.gold}."
+    # Recorded wrong: never the gold letter, and the same letter every time.
+    wrong = next(r for r in mmlu.records if r.gold and r.outcomes["gpt4_1106"].correct is False)
+    letters = {client(simulator.url("azure")).chat.completions.create(
+        model="gpt-4-1106-preview", messages=wrong.messages()).choices[0].message.content
+        for _ in range(2)}
+    assert len(letters) == 1
+    assert letters.pop() in {f"The answer is {c}." for c in "ABCD" if c != wrong.gold}
     # MMLU rows without a gold letter still get a letter (a 500 before this was fixed), and
     # the evaluation lookup carries the modelled latency for benchmarks run at scale 0.
     no_gold = next(r for r in mmlu.records if not r.gold)
@@ -89,7 +101,36 @@ def test_unknown_prompt_gets_a_deterministic_generic_answer(simulator: Simulator
         assert raw.headers["x-simulator-answer"] == "generic"
         answers.add(raw.parse().choices[0].message.content)
     assert len(answers) == 1
-    assert "simulated reply" in answers.pop()
+    answer = answers.pop()
+    assert "simulated reply" in answer and "mistralai/mixtral-8x7b-chat" in answer
+    # Its reference: the first 12 hex digits of SHA-256 over the turn and a record separator.
+    digest = hashlib.sha256(b"Write a haiku about routers.\x1e").hexdigest()[:12]
+    assert f"reference {digest})" in answer
+
+
+def test_the_simulator_answers_with_the_shared_answer_definitions(
+        routerbench: Workload, mmlu: Workload) -> None:
+    """workloads.answers is the one definition of what a provider answers (the calibration
+    replay scores the same texts): the simulator's catalog gives exactly its answers."""
+    catalog = AnswerCatalog([routerbench, mmlu])
+    record = routerbench.records[5]
+    outcome = routerbench.tier_outcome(record, "medium")
+    answer = catalog.answer(record.turns, "zero-one-ai/Yi-34B-Chat", "medium")
+    assert (answer.text, answer.kind) == record_answer(record, outcome,
+                                                       "zero-one-ai/Yi-34B-Chat")
+    assert answer.kind == "recorded" and answer.text == outcome.response
+    for choice in (next(r for r in mmlu.records if r.gold), next(r for r in mmlu.records
+                                                                 if not r.gold)):
+        outcome = mmlu.tier_outcome(choice, "simple")
+        answer = catalog.answer(choice.turns, "mistralai/mixtral-8x7b-chat", "simple")
+        assert (answer.text, answer.kind) == (
+            synthetic_answer(choice, outcome, "mistralai/mixtral-8x7b-chat"), "synthetic")
+        assert record_answer(choice, outcome, "mistralai/mixtral-8x7b-chat") == (
+            answer.text, "synthetic")
+    turns = ("Nothing recorded asks this.",)
+    unknown = catalog.answer(turns, "gpt-4-1106-preview", "critical")
+    assert (unknown.text, unknown.kind) == (generic_answer(turns, "gpt-4-1106-preview"),
+                                            "generic")
 
 
 def test_streaming_matches_the_plain_answer(simulator: SimulatorProcess,

@@ -1,4 +1,5 @@
-"""The harvest stage: log window and quarantine, bootstrap switch, PII scrubbing, dedupe, files."""
+"""The harvest stage: log window and quarantine, bootstrap switch, PII scrubbing, dedupe, files,
+each tier's own outcome (an aliased tier records none) and the token columns."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ from workloads import BUILTIN, Outcome, Workload, WorkloadRecord
 SINCE = datetime(2026, 3, 1, tzinfo=UTC)
 UNTIL = datetime(2026, 4, 1, tzinfo=UTC)
 WINDOW = {"since": SINCE.isoformat(), "until": UNTIL.isoformat()}
+# Two recorded models, as in RouteLLM's data: medium is an alias of critical's model.
 TIER_MODELS = {"simple": "small", "medium": "big", "critical": "big"}
+NULLS = {"simple": None, "medium": None, "critical": None}
 # ~40 distinct words: word-shingled, and one changed first word keeps Jaccard ~0.95.
 LONG = ("A farmer plants rows of corn and beans in spring then waters each field every "
         "morning before the sun rises high above the hills while neighbours bring baskets "
@@ -87,7 +90,7 @@ def log_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'decisions.sqlite'}"
     day = timedelta(days=1)
     records = [
-        decision(1, SINCE),  # the window includes since ...
+        decision(1, SINCE, prompt_tokens=20, completion_tokens=7),  # the window includes since
         decision(2, SINCE + day, text="user: write to bob@example.org please",
                  feedback="call me on (555) 123-4567"),
         decision(3, SINCE + 2 * day, override_domain="legal"),
@@ -124,6 +127,12 @@ def test_log_window_quarantine_and_no_bootstrap(log_url: str) -> None:
     assert json.loads(rows.loc["log:req-1", "outcomes"]) == dict.fromkeys(
         ("simple", "medium", "critical"))
     assert rows.loc["log:req-3", "domain"] == "legal"
+    # Tokens: the logged prompt count, and the completion count for the answering tier only.
+    assert rows.loc["log:req-1", "prompt_tokens"] == "20"
+    assert json.loads(rows.loc["log:req-1", "output_tokens"]) == {
+        "simple": None, "medium": 7, "critical": None}
+    assert rows.loc["log:req-2", "prompt_tokens"] is None  # not logged: unknown, not 0
+    assert json.loads(rows.loc["log:req-2", "output_tokens"]) == NULLS
     # PII is scrubbed from log text and feedback alike.
     assert rows.loc["log:req-2", "text"] == "user: write to [EMAIL] please"
     assert rows.loc["log:req-2", "feedback"] == "call me on [PHONE]"
@@ -144,15 +153,47 @@ def test_bootstrap_when_the_log_is_short(log_url: str) -> None:
     assert rows.loc["m.fin", "domain"] == "finance"
     assert rows.loc["m.math", "domain"] is None
     assert rows.loc["m.math", "text"] == normalised(seeds()["mmlu"].records[2])
+    # Medium only aliases critical's model here: it records no outcome or cost of its own
+    # (never a copy of critical's).
     assert json.loads(rows.loc["m.law", "outcomes"]) == {
-        "simple": True, "medium": True, "critical": True}
+        "simple": True, "medium": None, "critical": True}
     assert json.loads(rows.loc["m.law", "costs"]) == {
-        "simple": 0.001, "medium": 0.01, "critical": 0.01}
-    assert json.loads(rows.loc["b.0", "outcomes"]) == dict.fromkeys(
-        ("simple", "medium", "critical"))
-    assert json.loads(rows.loc["b.0", "scores"]) == dict.fromkeys(
-        ("simple", "medium", "critical"))
+        "simple": 0.001, "medium": None, "critical": 0.01}
+    assert json.loads(rows.loc["m.law", "scores"]) == NULLS
+    # 42 characters -> ceil(42 / 4) = 11 tokens; no recorded response, so the synthetic
+    # "The answer is X." (16 characters, 4 tokens) for each tier with a model of its own.
+    assert rows.loc["m.law", "prompt_tokens"] == "11"
+    assert json.loads(rows.loc["m.law", "output_tokens"]) == {
+        "simple": 4, "medium": None, "critical": 4}
+    assert json.loads(rows.loc["b.0", "outcomes"]) == NULLS
+    assert json.loads(rows.loc["b.0", "scores"]) == NULLS
+    assert json.loads(rows.loc["b.0", "costs"]) == NULLS
+    # "Where is my card?": 17 characters -> 5 tokens. Intent data records no model: each tier
+    # gets the generic answer "This is a simulated reply from <tier> (... reference <12 hex>).",
+    # 113 characters + the tier name: 119 (simple, medium) -> 30 tokens, 121 (critical) -> 31.
+    assert rows.loc["b.0", "prompt_tokens"] == "5"
+    assert json.loads(rows.loc["b.0", "output_tokens"]) == {
+        "simple": 30, "medium": 30, "critical": 31}
     assert rows.loc["b.0", "created_at"] is None
+
+
+def test_a_tier_with_a_model_of_its_own_keeps_its_outcome_and_answer_tokens() -> None:
+    """Three recorded models (RouterBench's shape): every tier's own outcome, cost and answer
+    length; prompt tokens count every turn."""
+    three = Workload("routerbench", "mem", [WorkloadRecord(
+        id="rb.1", source="routerbench", category="gsm8k",
+        turns=("What is six times seven?", "And halved?"),  # 24 + 11 = 35 characters
+        outcomes={"small": Outcome(False, 0.0001, "I think 40"),  # 10 characters
+                  "mid": Outcome(True, 0.0004, "42, halved: 21"),  # 14 characters
+                  "big": Outcome(None, 0.003, "The product is 42; half of it is 21.")})],
+        {"simple": "small", "medium": "mid", "critical": "big"})
+    result = harvest([], params(bootstrap=["routerbench"]), load=loader({"routerbench": three}))
+    row = result.rows.set_index("row_id").loc["rb.1"]
+    assert json.loads(row["outcomes"]) == {"simple": False, "medium": True, "critical": None}
+    assert json.loads(row["costs"]) == {"simple": 0.0001, "medium": 0.0004, "critical": 0.003}
+    assert row["prompt_tokens"] == "9"  # ceil(35 / 4)
+    # ceil(10 / 4), ceil(14 / 4), ceil(36 / 4)
+    assert json.loads(row["output_tokens"]) == {"simple": 3, "medium": 4, "critical": 9}
 
 
 def normalised(rec: WorkloadRecord) -> str:
@@ -323,4 +364,17 @@ def test_real_seed_data() -> None:
     assert result.rows["row_id"].is_unique and result.rows["text_hash"].is_unique
     assert result.rows["domain"].value_counts().to_dict().keys() == {
         "legal", "finance", "medical"}
+    # Every seed row has a prompt token count; RouteLLM's rows (two recorded models) record
+    # nothing for medium, RouterBench's (a medium model of its own) almost always do.
+    assert result.rows["prompt_tokens"].map(lambda v: v.isdigit() and int(v) > 0).all()
+    cells = {column: result.rows[column].map(json.loads) for column in (
+        "outcomes", "scores", "costs", "output_tokens")}
+    routellm = result.rows["source"].isin(["mmlu", "gsm8k", "mt_bench"]).to_numpy()
+    for column, values in cells.items():
+        assert all(cell["medium"] is None for cell in values[routellm]), column
+    assert all(cell["critical"] is not None for cell in cells["output_tokens"][routellm])
+    routerbench = (result.rows["source"] == "routerbench").to_numpy()
+    medium_known = sum(cell["medium"] is not None for cell in cells["outcomes"][routerbench])
+    assert medium_known >= by_source["routerbench"] - 10  # 5 to 7 blank cells per model
+    assert all(cell["medium"] is not None for cell in cells["costs"][routerbench])
     assert elapsed < 60, f"harvest took {elapsed:.1f} s"

@@ -1,4 +1,5 @@
-"""The label stage: outcomes labeller rules, the intent rule, and the judge over HTTP."""
+"""The label stage: outcomes labeller rules, the intent rule, the per-tier success targets of
+each label source, and the judge over HTTP."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from training.labellers import (
     OutcomesLabeller,
     _Budget,
     cache_key,
+    success_targets,
 )
 from training.params import JudgeParams, LabelParams
 from workloads import Workload, WorkloadRecord, load_workload
@@ -66,6 +68,8 @@ HAND_MADE = pd.DataFrame([
     row("log.0", "log", {"simple": None, "medium": None, "critical": None}),
     row("rb.empty", "routerbench"),
 ])
+# The stage's default params: rows no tier got right are labelled simple (paying more bought
+# nothing there); OutcomesLabeller's own default (critical) is the judge stand-in's rule.
 EXPECTED = {  # row_id -> (label, label_source, note)
     "rb.simple": ("simple", "outcomes", None),
     "rb.medium": ("medium", "outcomes", None),
@@ -75,16 +79,32 @@ EXPECTED = {  # row_id -> (label, label_source, note)
     "mmlu.simple": ("simple", "outcomes", None),
     "mt.pass": ("simple", "outcomes", None),
     "mt.fail": ("critical", "outcomes", None),
-    "mt.none": ("critical", "outcomes", "no tier right"),
+    "mt.none": ("simple", "outcomes", "no tier right"),
     "rb.graded": ("medium", "outcomes", None),
-    "rb.none": ("critical", "outcomes", "no tier right"),
+    "rb.none": ("simple", "outcomes", "no tier right"),
     "rb.blank": ("medium", "outcomes", "blank outcome skipped: simple"),
-    "rb.blank_none": ("critical", "outcomes", "no tier right; blank outcome skipped: simple"),
+    "rb.blank_none": ("simple", "outcomes", "no tier right; blank outcome skipped: simple"),
     "bank.0": ("simple", "rule", "support intent without outcomes: rule"),
     "clinc.0": ("simple", "rule", "support intent without outcomes: rule"),
     "log.0": (None, "outcomes", "no outcomes"),
     "rb.empty": (None, "outcomes", "no outcomes"),
 }
+# row_id -> targets (simple, medium, critical) at score_pass 0.8: each tier's own outcome (a
+# score wins over it), RouteLLM's medium null, rule rows simple only, unlabelled rows all null.
+TARGETS = {
+    "rb.simple": (1, 1, 1), "rb.medium": (0, 1, 1), "rb.critical": (0, 0, 1),
+    "mmlu.copy": (0, None, 1), "gsm8k.null": (0, None, 1), "mmlu.simple": (1, None, 1),
+    "mt.pass": (1, None, 1), "mt.fail": (0, None, 1), "mt.none": (0, None, 0),
+    "rb.graded": (0, 1, 1), "rb.none": (0, 0, 0), "rb.blank": (None, 1, 1),
+    "rb.blank_none": (None, 0, 0), "bank.0": (1, None, None), "clinc.0": (1, None, None),
+    "log.0": (None, None, None), "rb.empty": (None, None, None),
+}
+
+
+def _targets(cell: str) -> tuple:
+    values = json.loads(cell)
+    assert list(values) == list(TIERS)
+    return tuple(values[tier] for tier in TIERS)
 
 
 def _na(value: Any) -> Any:
@@ -92,7 +112,7 @@ def _na(value: Any) -> Any:
 
 
 def test_outcomes_labeller_applies_every_rule() -> None:
-    labels = OutcomesLabeller().label(HAND_MADE)
+    labels = OutcomesLabeller.from_params(LabelParams()).label(HAND_MADE)
     assert list(labels.columns) == list(LABEL_COLUMNS)
     assert labels.index.equals(HAND_MADE.index)
     got = {rid: (_na(r.label), r.label_source, _na(r.label_note))
@@ -100,6 +120,12 @@ def test_outcomes_labeller_applies_every_rule() -> None:
     assert got == EXPECTED
     assert set(labels.loc[labels.label_source == "outcomes", "labeller_version"]) == {
         "outcomes-v1 score_pass=0.8"}
+    # unresolved_tier is a knob: critical puts the three no-tier-right rows there.
+    pricey = OutcomesLabeller(unresolved_tier="critical").label(HAND_MADE).set_axis(
+        HAND_MADE["row_id"])
+    assert list(pricey.loc[["mt.none", "rb.none", "rb.blank_none"], "label"]) == [
+        "critical"] * 3
+    assert pricey.loc["rb.medium", "label"] == "medium"
 
 
 def test_outcomes_labeller_follows_its_params() -> None:
@@ -121,12 +147,21 @@ def test_label_rows_keeps_every_row_and_counts(tmp_path: Path) -> None:
     rows = HAND_MADE.set_index(pd.Index(range(100, 100 + len(HAND_MADE))))
     labelled, metrics = label_stage.label_rows(rows, LabelParams())
     assert labelled.index.equals(rows.index)
-    assert list(labelled.columns) == [*rows.columns, *LABEL_COLUMNS]
+    assert list(labelled.columns) == [*rows.columns, *LABEL_COLUMNS, "targets"]
+    assert {rid: _targets(cell) for rid, cell in zip(
+        labelled["row_id"], labelled["targets"], strict=True)} == TARGETS
     assert metrics["rows"] == len(rows) and metrics["labelled"] == len(rows) - 2
-    assert metrics["by_label"] == {"critical": 7, "medium": 3, "simple": 5}
+    assert metrics["by_label"] == {"critical": 4, "medium": 3, "simple": 8}
     assert metrics["by_label_source"] == {"outcomes": 13, "rule": 2}
     assert metrics["unlabelled"] == {"total": 2, "by_reason": {"no outcomes": 2}}
+    # Counted from TARGETS by hand: per tier, rows with 1, with 0 and with null.
+    assert metrics["targets"] == {"simple": {"1": 5, "0": 8, "null": 4},
+                                  "medium": {"1": 4, "0": 3, "null": 10},
+                                  "critical": {"1": 10, "0": 3, "null": 4}}
     assert "judge" not in metrics
+    # A rerun on labelled rows replaces the label columns and targets, never duplicates them.
+    again, _ = label_stage.label_rows(labelled, LabelParams())
+    assert list(again.columns) == list(labelled.columns)
     with pytest.raises(LabelError, match="text"):
         label_stage.label_rows(rows.drop(columns=["text"]), LabelParams())
 
@@ -140,7 +175,51 @@ def test_main_writes_labelled_rows_and_metrics(tmp_path: Path,
     label_stage.main()
     labelled = pd.read_parquet(label_stage.LABELLED)
     assert len(labelled) == len(HAND_MADE) and labelled["label"].isna().sum() == 2
-    assert json.loads(label_stage.METRICS.read_text())["labelled"] == len(HAND_MADE) - 2
+    assert _targets(labelled.set_index("row_id").loc["mmlu.copy", "targets"]) == (0, None, 1)
+    metrics = json.loads(label_stage.METRICS.read_text())
+    assert metrics["labelled"] == len(HAND_MADE) - 2
+    assert metrics["targets"]["medium"] == {"1": 4, "0": 3, "null": 10}
+
+
+def _labelled(label: str | None, label_source: str, source: str = "routerbench",
+              outcomes: dict | None = None, scores: dict | None = None) -> dict[str, Any]:
+    return {**row(f"{source}.{label}.{label_source}", source, outcomes, scores),
+            "label": label, "label_source": label_source}
+
+
+def test_success_targets_of_each_label_source() -> None:
+    both = {"simple": False, "medium": True, "critical": True}
+    rows = pd.DataFrame([
+        # outcomes: each tier's own outcome; all-negative stays all-negative
+        _labelled("medium", "outcomes", outcomes=both),
+        _labelled("simple", "outcomes",
+                  outcomes={"simple": False, "medium": False, "critical": False}),
+        # RouteLLM: medium is GPT-4's alias -- null even where the cell holds a copy
+        _labelled("critical", "outcomes", "gsm8k", outcomes=both),
+        # graded at score_pass 0.6 here: 0.6 passes, 0.59 does not; the score beats the outcome
+        _labelled("medium", "outcomes", "mt_bench", outcomes={"simple": True},
+                  scores={"simple": 0.59, "medium": 0.9, "critical": 0.6}),
+        # rule: the stated tier only, the others unmeasured
+        _labelled("simple", "rule", "banking77"),
+        _labelled("medium", "rule", "clinc150"),
+        # judge: the judged tier and every tier above it suffice, those below do not
+        _labelled("simple", "judge", "log"),
+        _labelled("medium", "judge", "log"),
+        _labelled("critical", "judge", "log"),
+        # no label (whatever the source or outcomes): nothing to learn
+        _labelled(None, "outcomes", outcomes=both),
+        _labelled(None, "judge", "log"),
+    ], index=[10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20])
+    targets = success_targets(rows, score_pass=0.6)
+    assert targets.index.equals(rows.index)
+    assert [_targets(cell) for cell in targets] == [
+        (0, 1, 1), (0, 0, 0), (0, None, 1), (0, None, 1),
+        (1, None, None), (None, 1, None),
+        (1, 1, 1), (0, 1, 1), (0, 0, 1),
+        (None, None, None), (None, None, None)]
+    with pytest.raises(LabelError, match=r"routerbench\.x"):
+        success_targets(pd.DataFrame([{**_labelled("simple", "outcomes"),
+                                       "row_id": "routerbench.x", "outcomes": "{bad"}]), 0.8)
 
 
 # --- the judge, without HTTP: a scripted dispatcher ------------------------------------------
@@ -221,10 +300,10 @@ def test_budget_admits_a_call_only_while_the_estimates_fit() -> None:
 # --- the judge against the simulator over HTTP ------------------------------------------------
 
 def _rows_for(workload: Workload, records: list[WorkloadRecord]) -> list[dict[str, Any]]:
-    """Harvest-like rows: outcomes/scores per tier from the workload's tier models."""
+    """Harvest-like rows: each tier's own outcome/score (null for RouteLLM's aliased medium)."""
     rows = []
     for record in records:
-        outcomes = {t: workload.tier_outcome(record, t) for t in TIERS}
+        outcomes = {t: workload.own_outcome(record, t) for t in TIERS}
         rows.append(row(record.id, record.source,
                         {t: o.correct if o else None for t, o in outcomes.items()},
                         {t: o.score if o else None for t, o in outcomes.items()},
@@ -273,7 +352,9 @@ def test_judge_over_http_matches_outcomes_caches_and_respects_the_budget(
     cache = tmp_path / "judge.sqlite"
     judge = JudgeLabeller(judge_params(cache, simulator.root))
     labels = judge.label(seed_rows).set_axis(seed_rows["row_id"])
-    expected = OutcomesLabeller().label(seed_rows).set_axis(seed_rows["row_id"])
+    # The stand-in judge answers "critical" where no tier was right: so does this labeller.
+    expected = OutcomesLabeller(unresolved_tier="critical").label(seed_rows).set_axis(
+        seed_rows["row_id"])
     stats = judge.stats
     doubly = seed_rows["row_id"].iloc[12]  # the one whose first two answers are invalid
 
@@ -323,6 +404,13 @@ def test_label_rows_with_the_judge_reports_its_stats(simulator: SimulatorProcess
                          judge=judge_params(tmp_path / "judge.sqlite", simulator.root))
     labelled, metrics = label_stage.label_rows(rows, params)
     assert list(labelled["label_source"]) == ["judge", "judge", "judge", "rule"]
+    # Judged rows: the named tier and those above it are targets 1, those below 0.
+    for label, cell in zip(labelled["label"].iloc[:3], labelled["targets"].iloc[:3],
+                           strict=True):
+        assert _targets(cell) == tuple(int(TIERS.index(t) >= TIERS.index(label))
+                                       for t in TIERS)
+    assert _targets(labelled["targets"].iloc[3]) == (1, None, None)
+    assert sum(metrics["targets"]["critical"].values()) == 4
     assert metrics["labeller"] == "judge"
     assert metrics["judge"]["calls"] == 3 and metrics["judge"]["rows"] == 3
     assert metrics["judge"]["budget_exhausted"] is False

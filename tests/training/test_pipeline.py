@@ -1,7 +1,9 @@
-"""A tiny-settings `dvc repro` of the whole lifecycle, in a throwaway git + DVC repository.
+"""A tiny-settings `dvc repro` of the whole lifecycle, in a throwaway git + DVC repository:
+harvest -> label -> split -> train -> distill -> scorer -> calibrate -> evaluate -> register.
 
-Tiny: ~700 seed rows, the tiny random BERT classifier, one epoch. Then: a second `dvc repro` runs
-no stage; `dvc exp run -S train.lora_r=4` makes a second MLflow run; the comparison notebook runs
+Tiny: ~700 seed rows, the tiny random BERT classifier (one epoch, then distilled to 16-d static
+vectors), few clusters and a short operating-point grid. Then: a second `dvc repro` runs no
+stage; `dvc exp run -S train.lora_r=4` makes a second MLflow run; the comparison notebook runs
 headless on the two runs.
 """
 
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router.classifier import load_classifier
+from router.classifier import StaticClassifier, load_bundle
 from tests.conftest import REPO
 
 COPIED = ["router", "training", "workloads", "simulator", "configs", "data", "notebooks",
@@ -39,14 +41,18 @@ def tiny_params(tiny_model: Path) -> dict:
                                                   "banking77": 100})
     params["train"].update(base_model=str(tiny_model), max_train_rows=200, epochs=1,
                            max_length=32, eval_steps=5, batch_size=16)
+    params["distill"].update(pca_dims=16)  # the tiny BERT is 32 wide
+    params["calibrate"].update(clusters=[2, 4], head_c=[1.0], trust_grid=[0.8],
+                               escalate_grid=[0.0, 0.3], escalation_grid=[0.0],
+                               score_grid=[0.0, 0.5], price_weights=5, reference_rows=100)
     params["evaluate"].update(bootstrap=20)
-    # The response scorer on the tiny encoder, RouterBench answers only (no GSM8K harvested).
-    params.setdefault("scorer", {}).update(encoder=str(tiny_model), max_length=32,
-                                           response_max_chars=256, sources=["routerbench"],
-                                           bootstrap=20)
+    # The response scorer (no encoder: answer features only), RouterBench answers only (no
+    # GSM8K harvested).
+    params["scorer"].update(encoder="none", sources=["routerbench"], bootstrap=20)
     return params
 
 
+@pytest.mark.timeout(900)  # ~140 s alone; a shared CPU can double it
 def test_tiny_dvc_repro_end_to_end(tmp_path: Path, tiny_bert_dir: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -73,18 +79,40 @@ def test_tiny_dvc_repro_end_to_end(tmp_path: Path, tiny_bert_dir: Path) -> None:
     registration = json.loads((repo / "registration.json").read_text())
     assert registration["promoted"] is True
     assert registration["reason"] == "no champion yet"
-    metrics = json.loads((repo / "metrics" / "classifier.json").read_text())
-    for key in ("ece", "ece_before_temperature", "brier", "macro_f1", "critical_recall",
-                "cost_ratio_vs_frontier", "quality_ratio_vs_frontier", "slices"):
-        assert key in metrics, key
+    metrics = {name: json.loads((repo / "metrics" / f"{name}.json").read_text())
+               for name in ("harvest", "label", "split", "train", "distill", "scorer",
+                            "calibrate", "classifier", "gate")}
+    assert metrics["harvest"]["rows_by_source"].keys() == {"routerbench", "mmlu", "banking77"}
+    assert set(metrics["label"]["targets"]) == {"simple", "medium", "critical"}
+    assert metrics["train"]["head"] == "per_tier"
+    assert metrics["distill"]["dims"] == 16
+    for key in ("auroc", "ece", "auroc_before_calibration", "ece_before_calibration"):
+        assert key in metrics["scorer"], key
+    calibrate = metrics["calibrate"]
+    assert calibrate["backend"] == "static" and set(calibrate["variants"]) == {
+        "per_tier", "softmax"}
+    classifier = metrics["classifier"]
+    for key in ("heads", "mean_head_ece", "pooled", "cost_ratio_vs_frontier",
+                "quality_ratio_vs_frontier", "escalation_rate", "slices",
+                "min_high_stakes_reach_critical", "ablation"):
+        assert key in classifier, key
+    assert classifier["heads"]["simple"]["rows"] > 0 and classifier["mean_head_ece"] >= 0
+    # RouteLLM's MMLU records no medium model: the medium head is judged on RouterBench only.
+    assert classifier["heads"]["medium"]["rows"] < classifier["heads"]["critical"]["rows"]
+    gate = metrics["gate"]
+    assert gate["operating_point"] == calibrate["operating_point"]
+    assert set(gate["by_source"]) == {"routerbench", "mmlu", "banking77"}
+    assert 0 < gate["policy"]["cost_ratio_vs_frontier"] <= 1.0
     assert (repo / "plots" / "reliability.png").stat().st_size > 0
-    # The drift reference travels with the model version (router.monitor checks its shape).
-    bundle = load_classifier(str(repo / "models" / "calibrated"))
+    # The served bundle: static, with its fitted operating point and the drift reference.
+    bundle = load_bundle(repo / "models" / "calibrated")
+    assert isinstance(bundle, StaticClassifier) and bundle.meta.head == calibrate["served"]
+    assert bundle.meta.version == calibrate["version"] == classifier["model_version"]
+    assert bundle.meta.operating_point is not None
+    assert bundle.meta.operating_point.as_dict() == calibrate["operating_point"]
     assert bundle.meta.reference is not None and bundle.meta.reference["rows"] > 0
-    scorer = json.loads((repo / "metrics" / "scorer.json").read_text())
-    for key in ("auroc", "ece", "auroc_before_calibration", "ece_before_calibration",
-                "threshold"):
-        assert key in scorer, key
+    assert len(bundle.predict(["user: What is 2 + 2?"])) == 1
+    assert load_bundle(repo / "models" / "ablation").meta.head != bundle.meta.head
     assert registration["scorer"]["promoted"] is True
     assert (repo / "models" / "scorer" / "scorer_model.json").exists()
     import mlflow
@@ -93,10 +121,13 @@ def test_tiny_dvc_repro_end_to_end(tmp_path: Path, tiny_bert_dir: Path) -> None:
     mlflow.set_tracking_uri(tracking)
     champion = mlflow.MlflowClient().get_model_version_by_alias("tier-classifier", "champion")
     assert str(champion.version) == registration["version"]
+    from router.classifier import load_classifier
     from router.scorer import load_scorer
 
+    assert load_classifier("models:/tier-classifier@champion").meta.version == \
+        bundle.meta.version
     scorer_champion = load_scorer("models:/response-scorer@champion")
-    assert scorer_champion.meta.threshold == pytest.approx(scorer["threshold"])
+    assert scorer_champion.meta.version == metrics["scorer"]["version"]
 
     again = _run([dvc, "repro"], repo, env)
     assert "Data and pipelines are up to date" in again, again

@@ -1,4 +1,5 @@
-"""The scorer stage's core on tiny data: rows and folds, head, calibration, threshold, bundle."""
+"""The scorer stage's core on tiny data: rows and folds, head, calibration, report, bundles of each
+encoder kind, the encoder study."""
 
 from __future__ import annotations
 
@@ -9,18 +10,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router.config import RouterConfig
-from router.scorer import EmbeddingScorer, TextEncoder, load_scorer, pair_features, sigmoid
+from router.scorer import (
+    ENCODER_DIR,
+    SCORER_META,
+    EmbeddingScorer,
+    NoEncoder,
+    StaticTextEncoder,
+    TextEncoder,
+    apply_calibration,
+    load_scorer,
+    pair_features,
+    sigmoid,
+)
 from router.tiers import TIERS
+from tests.router.test_scorer import tiny_static_folder
 from training.params import Params, ScorerParams
 from training.scorer import (
     ScorerError,
     build_rows,
-    cascade_replay,
+    compare_encoders,
     fit_calibration,
     fit_head,
-    fit_threshold,
     json_safe,
+    make_encoder,
     score_metrics,
     train_scorer,
     write_bundle,
@@ -106,78 +118,108 @@ def test_head_and_calibration_on_synthetic_scores() -> None:
         score_metrics(pooled[simple], y[simple], 15)["ece"]
 
 
-def test_cascade_replay_and_threshold() -> None:
-    # Three prompts; columns simple, medium, critical.
-    scores = np.array([[0.9, 0.5, 0.5], [0.2, 0.8, 0.5], [0.3, 0.1, 0.9]])
-    correct = np.array([[1, 1, 1], [0, 1, 1], [0, 0, 1]], dtype=float)
-    cost = np.tile([1.0, 2.0, 10.0], (3, 1))
-    simple_only = cascade_replay(scores, correct, cost, 0.0, max_calls=2)
-    assert simple_only["quality"] == pytest.approx(1 / 3)
-    assert simple_only["cost_per_task"] == pytest.approx(1.0)
-    assert simple_only["escalation_rate"] == 0.0
-    at_half = cascade_replay(scores, correct, cost, 0.5, max_calls=2)
-    assert at_half["quality"] == pytest.approx(2 / 3)  # prompt 3 stops at medium: 2 calls
-    assert at_half["cost_per_task"] == pytest.approx((1 + 3 + 3) / 3)
-    three = cascade_replay(scores, correct, cost, 0.5, max_calls=3)
-    assert three["quality"] == pytest.approx(1.0)
-    assert three["final_tier_share"] == pytest.approx({"simple": 1 / 3, "medium": 1 / 3,
-                                                       "critical": 1 / 3})
-
-    params = ScorerParams(objective="min_cost", quality_target=0.6, grid_step=0.1)
-    threshold, feasible, result = fit_threshold(scores, correct, cost, params, 2)
-    assert feasible and result["quality_ratio_vs_frontier"] >= 0.6
-    assert threshold == pytest.approx(0.3)  # the cheapest threshold escalating prompt 2
-    threshold, feasible, result = fit_threshold(
-        scores, correct, cost, ScorerParams(objective="min_cost", quality_target=1.0,
-                                            grid_step=0.1), 2)
-    assert not feasible and result["quality"] == pytest.approx(2 / 3)
-    # gain_share: never escalating scores 1/3, the best threshold 2/3; 90% of that gain needs
-    # prompt 2 escalated, the cheapest way being threshold 0.3 (prompt 3 stays at simple).
-    threshold, feasible, result = fit_threshold(
-        scores, correct, cost, ScorerParams(objective="gain_share", gain_target=0.9,
-                                            grid_step=0.1), 2)
-    assert feasible and threshold == pytest.approx(0.3)
-    assert result["quality"] == pytest.approx(2 / 3)
-    assert result["cost_per_task"] == pytest.approx(5 / 3)
-    budget = ScorerParams(objective="max_quality", cost_budget=0.2, grid_step=0.1)
-    threshold, feasible, result = fit_threshold(scores, correct, cost, budget, 2)
-    assert feasible and result["cost_ratio_vs_frontier"] <= 0.2
+def _features(encoder, rows: pd.DataFrame, params: ScorerParams) -> np.ndarray:
+    return pair_features(encoder, rows["prompt"].tolist(), rows["response"].tolist(),
+                         rows["tier"].tolist(), params.response_max_chars)
 
 
 def test_train_scorer_end_to_end_and_the_router_loads_the_bundle(
         fold_rows: pd.DataFrame, routerbench: Workload, tiny_bert_dir: Path,
-        router_config: RouterConfig, tmp_path: Path) -> None:
+        tmp_path: Path) -> None:
     folds = _folds(fold_rows, 120)
     rows, _ = build_rows(folds, [routerbench])
     params = ScorerParams(encoder=str(tiny_bert_dir), max_length=32, response_max_chars=256,
-                          bootstrap=10, grid_step=0.05)
+                          bootstrap=10)
     encoder = TextEncoder(tiny_bert_dir, params.max_length)
-    features = pair_features(encoder, rows["prompt"].tolist(), rows["response"].tolist(),
-                             rows["tier"].tolist(), params.response_max_chars)
-    result = train_scorer(rows, features, folds, {"routerbench": dict(routerbench.tier_models)},
-                          params, router_config)
+    features = _features(encoder, rows, params)
+    result = train_scorer(rows, features, params)
     metrics = json_safe(result.metrics)
     json.dumps(metrics, allow_nan=False)
-    assert 0.0 <= result.threshold <= 1.0
+    assert "threshold" not in metrics and "cascade" not in metrics  # calibrate fits it now
     assert result.calibration["method"] == "platt"
     assert metrics["test"]["after_calibration"]["rows"] == 30 * 3  # tier answers of test prompts
     assert set(metrics["test"]["by_tier"]) == set(TIERS)
-    assert metrics["cascade"]["max_calls"] == router_config.cascade.max_calls
-    assert metrics["cascade"]["test"]["prompts"] == 30
+    assert set(metrics["test"]["by_source"]) == {"routerbench"}
+    assert set(metrics["test"]["by_eval_name"]) == set(rows.loc[rows["fold"] == "test",
+                                                                "category"])
+    for entry in metrics["test"]["by_tier"].values():
+        for stage in ("before_calibration", "after_calibration"):
+            assert {"auroc", "ece", "brier"} <= set(entry[stage])
+            low, high = entry[stage]["brier_ci95"]
+            assert low <= entry[stage]["brier"] <= high
     assert metrics["train_rows"] == (rows["fold"] == "train").sum()
 
     meta = write_bundle(tmp_path / "scorer", encoder, result, params)
+    assert "threshold" not in meta and meta["encoder_kind"] == "transformer"
     scorer = load_scorer(str(tmp_path / "scorer"))
     assert isinstance(scorer, EmbeddingScorer)
     assert scorer.meta.version == meta["version"]
-    assert scorer.meta.threshold == pytest.approx(result.threshold)
+    assert scorer.meta.threshold is None  # the operating point's score_threshold applies
     test = rows[rows["fold"] == "test"].iloc[:6]
-    from router.scorer import apply_calibration
-
     expected = apply_calibration(result.head.predict(features[test.index.to_numpy()]),
                                  result.calibration, test["tier"].tolist())
     assert scorer.score(test["prompt"].tolist(), test["response"].tolist(),
                         test["tier"].tolist()) == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["static", "none"])
+def test_static_and_encoderless_bundles_round_trip(
+        kind: str, fold_rows: pd.DataFrame, routerbench: Workload, tmp_path: Path) -> None:
+    folds = _folds(fold_rows, 80)
+    rows, _ = build_rows(folds, [routerbench])
+    static = tiny_static_folder(tmp_path / "models" / "static")
+    params = ScorerParams(encoder=kind, static_model=str(static), max_length=32,
+                          response_max_chars=256, bootstrap=10)
+    encoder = make_encoder(kind, params)
+    assert isinstance(encoder, StaticTextEncoder if kind == "static" else NoEncoder)
+    features = _features(encoder, rows, params)
+    assert features.shape == (len(rows), 2 * encoder.dim + 22)
+    result = train_scorer(rows, features, params)
+    meta = write_bundle(tmp_path / "scorer", encoder, result, params)
+    assert meta["encoder_kind"] == kind
+    written = json.loads((tmp_path / "scorer" / SCORER_META).read_text())
+    assert written["format"] == 2 and written["encoder_kind"] == kind
+    # A static bundle carries its folder; an encoder-less one has no encoder/ at all.
+    assert (tmp_path / "scorer" / ENCODER_DIR).exists() == (kind == "static")
+
+    scorer = load_scorer(str(tmp_path / "scorer"))
+    assert scorer.meta.encoder_kind == kind
+    test = rows[rows["fold"] == "test"]
+    expected = apply_calibration(result.head.predict(features[test.index.to_numpy()]),
+                                 result.calibration, test["tier"].tolist())
+    assert scorer.score(test["prompt"].tolist(), test["response"].tolist(),
+                        test["tier"].tolist()) == pytest.approx(expected, abs=1e-6)
+
+
+def test_make_encoder_refuses_a_missing_static_folder(tmp_path: Path) -> None:
+    params = ScorerParams(encoder="static", static_model=str(tmp_path / "nowhere"))
+    with pytest.raises(ScorerError, match=r"scorer encoder 'static'.*not a static embedding"):
+        make_encoder("static", params)
+
+
+def test_compare_encoders_reports_each_choice(fold_rows: pd.DataFrame, routerbench: Workload,
+                                              tmp_path: Path) -> None:
+    folds = _folds(fold_rows, 120)
+    rows, _ = build_rows(folds, [routerbench])
+    params = ScorerParams(max_length=32, response_max_chars=256, bootstrap=10)
+    static = StaticTextEncoder(tiny_static_folder(tmp_path / "static"), 32)
+    features = {"none": _features(NoEncoder(), rows, params),
+                "static": _features(static, rows, params)}
+    report = compare_encoders(rows, features, params, regularisations=[0.1],
+                              ms_per_check={"none": 0.1, "static": 0.3})
+    assert set(report["choices"]) == {"none", "static"}
+    best = report["best_by_validation_auroc"]
+    assert report["choices"][best]["validation_auroc_minus_best"] == 0.0
+    for choice, entry in report["choices"].items():
+        assert entry["regularisation"] in (params.regularisation, 0.1)
+        assert entry["validation"]["auroc"] == max(entry["validation_auroc_by_c"].values())
+        assert entry["validation_auroc_minus_best"] <= 0.0
+        assert set(entry["test"]["by_tier"]) == set(TIERS)
+        assert set(entry["validation"]["by_source"]) == {"routerbench"}
+        assert set(entry["test"]["by_source_tier"]) == {f"routerbench/{t}" for t in TIERS}
+        assert entry["test_auroc_minus_best_ci95"][0] <= entry["test_auroc_minus_best_ci95"][1]
+        assert entry["features"] == features[choice].shape[1]
+    assert report["choices"]["static"]["ms_per_check"] == 0.3
 
 
 def test_register_logs_and_promotes_the_scorer(

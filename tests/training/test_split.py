@@ -31,10 +31,18 @@ WORDS = ("apple", "river", "stone", "cloud", "maple", "tiger", "copper", "violet
 def row(row_id: str, text: str, *, source: str = "mmlu", category: str = "misc",
         label: str | None = "simple", domain: str | None = None,
         label_source: str = "outcomes") -> dict[str, Any]:
+    """A label-stage row: harvest columns (token counts included), label columns, targets."""
+    tiers = ("simple", "medium", "critical")
+    rank = tiers.index(label) if label in tiers else None
+    targets = {tier: None if rank is None else int(i >= rank)
+               for i, tier in enumerate(tiers)}
     return {"row_id": row_id, "source": source, "category": category, "text": text,
             "text_hash": str(hash(text)), "domain": domain, "outcomes": "{}", "scores": "{}",
-            "costs": "{}", "created_at": None, "feedback": None, "label": label,
-            "label_source": label_source, "labeller_version": "test", "label_note": None}
+            "costs": "{}", "prompt_tokens": str(len(row_id)),
+            "output_tokens": json.dumps({"simple": 3, "medium": None, "critical": len(text)}),
+            "created_at": None, "feedback": None, "label": label,
+            "label_source": label_source, "labeller_version": "test", "label_note": None,
+            "targets": json.dumps(targets)}
 
 
 def prompt(rng: random.Random, words: int = 20) -> str:
@@ -74,6 +82,11 @@ def test_folds_cover_every_labelled_row_once_and_groups_never_straddle() -> None
         assert set(rows["fold"]) <= {fold}
         assert list(rows.columns) == [*frame().columns, "group", "fold", "slice", "weight"]
     assert result.stats["rows_by_fold"] == {f: len(result.folds[f]) for f in FOLDS}
+    # What the later stages train and replay on travels with each row, unchanged.
+    carried = ["targets", "prompt_tokens", "output_tokens"]
+    source = frame().set_index("row_id")[carried]
+    pd.testing.assert_frame_equal(together.set_index("row_id")[carried],
+                                  source.loc[together["row_id"]])
 
 
 def test_intents_group_by_intent_and_paraphrases_share_a_group() -> None:
@@ -161,6 +174,9 @@ def test_main_writes_three_folds_and_metrics(tmp_path: Path,
     for fold in FOLDS:
         table = pq.read_table(stage.SPLIT_DIR / f"{fold}.parquet")
         assert table.schema.field("created_at").type == pa.string()
+        for column in ("targets", "prompt_tokens", "output_tokens"):  # JSON / digits, as read
+            assert pa.types.is_string(table.schema.field(column).type) or \
+                pa.types.is_large_string(table.schema.field(column).type)
         assert table.schema.field("weight").type == pa.float64()
         assert table.column_names[-4:] == ["group", "fold", "slice", "weight"]
         total += table.num_rows

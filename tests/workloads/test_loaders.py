@@ -136,3 +136,44 @@ def test_malformed_files_name_file_line_and_column(tmp_path: Path, text: str,
 def test_unknown_name_is_a_clear_error() -> None:
     with pytest.raises(WorkloadFormatError, match="neither a built-in workload"):
         load_workload("routerbench-typo")
+
+
+def test_own_outcomes_and_the_tier_that_executes_an_alias(
+        routerbench: Workload, mmlu: Workload, tmp_path: Path) -> None:
+    """A tier answered by the next tier's model (RouteLLM's medium: GPT-4) records no outcome of
+    its own and executes as that tier; a tier with a model of its own is itself."""
+    assert [routerbench.records_tier(t) for t in ("simple", "medium", "critical")] == [
+        True, True, True]
+    assert [routerbench.executing_tier(t) for t in ("simple", "medium", "critical")] == [
+        "simple", "medium", "critical"]
+    first = routerbench.records[0]
+    yi = first.outcomes["zero-one-ai/Yi-34B-Chat"]
+    assert routerbench.own_outcome(first, "medium") is yi
+    assert routerbench.tier_outcome(first, "medium") is yi
+
+    assert [mmlu.records_tier(t) for t in ("simple", "medium", "critical")] == [
+        True, False, True]
+    assert [mmlu.executing_tier(t) for t in ("simple", "medium", "critical")] == [
+        "simple", "critical", "critical"]
+    record = mmlu.records[0]
+    # The answering model's outcome is still there (what a call to medium gets) ...
+    assert mmlu.tier_outcome(record, "medium") is record.outcomes["gpt4_1106"]
+    # ... but it is GPT-4's, not a medium model's.
+    assert mmlu.own_outcome(record, "medium") is None
+    assert mmlu.own_outcome(record, "critical") is record.outcomes["gpt4_1106"]
+    assert mmlu.own_outcome(record, "simple") is record.outcomes["mixtral_8x7b"]
+
+    # One recorded model: every tier executes as critical, only critical records outcomes.
+    single = load_workload(_write(
+        tmp_path, "maths.csv",
+        "prompt,gpt-4-1106-preview,gpt-4-1106-preview_response\n2+2?,yes,4\n"))
+    assert [single.executing_tier(t) for t in ("simple", "medium", "critical")] == [
+        "critical", "critical", "critical"]
+    assert [single.own_outcome(single.records[0], t) is None
+            for t in ("simple", "medium", "critical")] == [True, True, False]
+
+    # Intent data records no model: no tier records anything, each tier stands for itself.
+    intents = load_workload("banking77")
+    assert not any(intents.records_tier(t) for t in ("simple", "medium", "critical"))
+    assert intents.executing_tier("medium") == "medium"
+    assert intents.own_outcome(intents.records[0], "simple") is None
