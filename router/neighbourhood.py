@@ -15,9 +15,10 @@ falls in its nearest cluster (cosine: rows and centroids are unit vectors), and 
   thresholds (:class:`router.gate.CheckStats`): per tier, the share of its right answers and of
   its wrong answers that pass, and how often each tier above is right when it was right or
   wrong -- what the decision needs to weigh "call this tier and check it" against routing.
-  A cluster holding fewer than ``min_recorded`` answers of the kinds the scorer was trained on
-  is not *checkable*: a scorer trained on RouterBench and GSM8K answers must not fail a support
-  answer or a multiple-choice letter merely for lying outside what it learned;
+  A cluster holding fewer than ``min_recorded`` answers of the kinds the scorer was trained
+  on, or where they are not at least half its rows, is not *checkable*: a scorer trained on
+  RouterBench and GSM8K answers must not fail a support answer or a multiple-choice letter
+  merely for lying outside what it learned;
 * the explanation carried by the response and the decision record ("requests like this: simple
   right 93% of 1,204").
 
@@ -46,6 +47,8 @@ from router.gate import CheckStats
 from router.tiers import TIERS
 
 NEIGHBOURHOOD_FILE = "neighbourhood.npz"
+# Share of a cluster's rows that must be scorer-checked answers for its check rates to apply.
+CHECKED_SHARE = 0.5
 K = len(TIERS)
 _BASE = ("centroids", "rows", "recorded", "right", "output_tokens", "global_right",
          "global_output_tokens", "shrinkage", "min_recorded")
@@ -174,7 +177,7 @@ class NeighbourhoodTable:
                 _shrunk(fpr, wrong_rows[:, None, :], self.global_fpr[None], m),  # type: ignore
                 _shrunk(self.right_when_right[c], both, towards, m),  # type: ignore[index]
                 _shrunk(self.right_when_wrong[c], both, towards, m),  # type: ignore[index]
-                (right_rows + wrong_rows).sum(axis=1) >= self.min_recorded)
+                self._checkable(c))
         return Lookup(cluster, prior, recorded >= self.min_recorded,
                       self.output_tokens[cluster], check)
 
@@ -209,6 +212,14 @@ class NeighbourhoodTable:
                    global_output_tokens=values["global_output_tokens"].astype(float),
                    shrinkage=float(values["shrinkage"]),
                    min_recorded=int(values["min_recorded"]), **checks)
+
+    def _checkable(self, clusters: np.ndarray) -> np.ndarray:
+        """(n,) bool: the clusters hold at least ``min_recorded`` answers of the kinds the
+        scorer trained on *and* those are at least half the cluster's rows. A cluster of 200
+        support queries and 12 stray RouterBench prompts is support traffic: the check's rates
+        there describe the 12, not what a support answer would get."""
+        checked = (self.right_rows + self.wrong_rows).max(axis=1)[clusters]  # type: ignore
+        return (checked >= self.min_recorded) & (checked >= CHECKED_SHARE * self.rows[clusters])
 
     def clusters_of(self, embeddings: np.ndarray) -> np.ndarray:
         """The cluster of each embedding row (what :meth:`lookup` uses)."""

@@ -25,9 +25,8 @@ fine-tuned backbone's own three outputs (``models/classifier/merged``).
    quality >= ``quality_target`` x frontier-only quality, ``max_quality`` the best within
    ``cost_budget`` x frontier-only cost, both with escalations <= ``max_escalation``. Infeasible
    targets fall back to the closest point and say so.
-5. **Variant choice.** Each head variant gets its own point; the served one has the larger area
-   under its validation curve (price weight varied alone, the other knobs at their fitted
-   values); both are reported.
+5. **Variant choice.** Each head variant gets its own point; the served one is chosen by the
+   same rule (the objective at its point, then its workloads' curves); both are reported.
 6. **Drift reference** (:mod:`router.monitor`): the served model at its point on a weighted
    sample of ``reference_rows`` train rows.
 
@@ -243,21 +242,27 @@ class PointFit:
     feasible: bool
     validation: dict[str, Any]  # replay at the point
     curve: list[dict[str, float]]  # price weight alone varied, other knobs at the point's
-    area: float  # mean over the workloads of their curve areas (fit_point, step 1)
+    area: float  # mean over the workloads of their curve areas (fit_point, step 2)
 
 
 OUTCOME_SOURCES = ("routerbench", "mmlu", "gsm8k", "mt_bench")  # workloads with outcomes
+# Knobs whose stored point is this much (relative) worse on the objective than the best knobs'
+# still compete on their curves: 2% of cost is within validation noise, 10% is not.
+OBJECTIVE_SLACK = 0.02
 
 
 def fit_point(table: PolicyTable, candidates: Sequence[tuple[float, Predictions]],
               config: RouterConfig, params: CalibrateParams) -> tuple[PointFit, int]:
     """The whole policy replayed over the grid (module docstring, step 4), in two steps:
 
-    1. the knobs other than the price weight (score threshold -- with its check statistics --,
-       trust, escalate) that give the best trade-off *curves*: the largest mean, over the
+    1. for every setting of the knobs other than the price weight (score threshold, trust,
+       escalate, escalation weight), the price weight the objective picks on that setting's
+       curve (the cheapest point reaching the quality target within the escalation budget, or
+       the best within the cost budget);
+    2. among the settings whose point is within ``OBJECTIVE_SLACK`` of the best one's on the
+       objective, the one with the best trade-off *curves*: the largest mean, over the
        validation fold's workloads, of the area under each workload's curve with the price
-       weight varied alone (each workload counts once, as the benchmark judges them);
-    2. on that curve, the price weight the objective picks.
+       weight varied alone (each workload counts once, as the benchmark judges them).
 
     ``candidates``: per score threshold, the validation predictions whose check statistics
     were computed at it. Returns the fit and the index of the candidate it chose."""
@@ -313,7 +318,18 @@ def fit_point(table: PolicyTable, candidates: Sequence[tuple[float, Predictions]
                                       -r[1]["cost_ratio_vs_frontier"]))
 
     ranked = sorted(curves, key=lambda k: -scores_by_knobs[k])
-    key = next((k for k in ranked if pick(curves[k]) is not None), None)
+    picks = {k: pick(curves[k]) for k in ranked}
+    objective_of = {k: (found[1]["cost_ratio_vs_frontier"] if params.objective == "min_cost"
+                        else -found[1]["quality_ratio_vs_frontier"])
+                    for k, found in picks.items() if found is not None}
+    key = None
+    if objective_of:
+        # The stored point serves the objective first: knobs whose best feasible point is
+        # within OBJECTIVE_SLACK of the best; among them, the best curves.
+        best_value = min(objective_of.values())
+        slack = OBJECTIVE_SLACK * abs(best_value)
+        key = next(k for k in ranked if k in objective_of
+                   and objective_of[k] <= best_value + slack)
     feasible_found = key is not None
     if key is None:
         key = ranked[0]
@@ -486,6 +502,21 @@ def fit_variant(head: str, raw_val: np.ndarray, e_val: np.ndarray, validation: p
     return Variant(head, heads, chosen, combine, head_only, fit, report)
 
 
+def choose_variant(variants: Sequence[Variant], params: CalibrateParams) -> Variant:
+    """The head variant to serve, by fit_point's rule: the objective at the stored point first
+    (within ``OBJECTIVE_SLACK``; infeasible variants only when none is feasible), then the
+    workloads' curves."""
+    def objective(v: Variant) -> float:
+        m = v.fit.validation
+        return (m["cost_ratio_vs_frontier"] if params.objective == "min_cost"
+                else -m["quality_ratio_vs_frontier"])
+
+    pool = [v for v in variants if v.fit.feasible] or list(variants)
+    best = min(objective(v) for v in pool)
+    near = [v for v in pool if objective(v) <= best + OBJECTIVE_SLACK * abs(best)]
+    return max(near, key=lambda v: v.fit.area)
+
+
 def write_bundle(variant: Variant, out: Path, params: CalibrateParams, *, backend: str,
                  source: Path, max_length: int, base_version: str,
                  drift_reference: dict[str, Any] | None, scorer_version: str | None
@@ -600,7 +631,7 @@ def main() -> None:
         else:
             variants.append(fit_variant(merged_meta.head, raw_val, e_val, validation, table,
                                         None, val_table, settings, config))
-        served = max(variants, key=lambda v: v.fit.area)
+        served = choose_variant(variants, settings)
         report["variants"] = {v.head: v.report for v in variants}
         report["served"] = served.head
         sample = train.sample(min(settings.reference_rows, len(train)),

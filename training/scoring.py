@@ -40,27 +40,26 @@ from training.labellers import json_map
 CALIBRATION_SOURCES = ("outcomes", "judge")
 
 
-def targets_matrix(rows: pd.DataFrame) -> np.ndarray:
-    """The ``targets`` column as (n, 3) floats: 1 acceptable, 0 not, NaN not recorded."""
+def _tier_matrix(rows: pd.DataFrame, column: str) -> np.ndarray:
+    """A per-tier JSON column as (n, 3) floats; NaN where a tier is absent or null."""
     out = np.full((len(rows), len(TIERS)), np.nan)
-    for i, cell in enumerate(rows["targets"]):
-        values = json_map(cell, where=f"row {i} targets")
+    for i, cell in enumerate(rows[column]):
+        values = json_map(cell, where=f"row {i} {column}")
         for j, tier in enumerate(TIERS):
             if values.get(tier) is not None:
                 out[i, j] = float(values[tier])
     return out
 
 
+def targets_matrix(rows: pd.DataFrame) -> np.ndarray:
+    """The ``targets`` column as (n, 3) floats: 1 acceptable, 0 not, NaN not recorded."""
+    return _tier_matrix(rows, "targets")
+
+
 def _tokens(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     prompt = np.array([float(v) if v is not None and not (isinstance(v, float) and math.isnan(v))
                        else 0.0 for v in rows["prompt_tokens"]])
-    output = np.full((len(rows), len(TIERS)), np.nan)
-    for i, cell in enumerate(rows["output_tokens"]):
-        values = json_map(cell, where=f"row {i} output_tokens")
-        for j, tier in enumerate(TIERS):
-            if values.get(tier) is not None:
-                output[i, j] = float(values[tier])
-    return prompt, output
+    return prompt, _tier_matrix(rows, "output_tokens")
 
 
 def executes_matrix(known: np.ndarray) -> np.ndarray:

@@ -12,11 +12,8 @@ from router.batching import BatchingClassifier
 from router.classifier import InProcessClassifier, Predictions, load_classifier
 
 
-def test_concurrent_requests_share_passes_and_get_their_own_rows(tiny_bert_dir: Path) -> None:
-    inner = InProcessClassifier(tiny_bert_dir)
-    batched = BatchingClassifier(inner, max_batch=16)
-    texts = [f"user: question number {i} " + "word " * (i % 7) for i in range(48)]
-    expected = inner.predict_full(texts)
+def ask_at_once(batched: BatchingClassifier, texts: list[str]) -> dict[int, Predictions]:
+    """Each text from its own thread, all released together: text index -> its predictions."""
     results: dict[int, Predictions] = {}
     start = threading.Barrier(len(texts))
 
@@ -29,6 +26,15 @@ def test_concurrent_requests_share_passes_and_get_their_own_rows(tiny_bert_dir: 
         thread.start()
     for thread in threads:
         thread.join()
+    return results
+
+
+def test_concurrent_requests_share_passes_and_get_their_own_rows(tiny_bert_dir: Path) -> None:
+    inner = InProcessClassifier(tiny_bert_dir)
+    batched = BatchingClassifier(inner, max_batch=16)
+    texts = [f"user: question number {i} " + "word " * (i % 7) for i in range(48)]
+    expected = inner.predict_full(texts)
+    results = ask_at_once(batched, texts)
     for i in range(len(texts)):
         found = results[i]
         assert len(found) == 1  # its own row, not the batch's
@@ -54,18 +60,7 @@ def test_a_batched_static_bundle_keeps_each_requests_neighbourhood(tiny_static_d
     expected = inner.predict_full(texts)
     # the texts fall in different clusters, so a row handed to the wrong request would show
     assert len({expected.explanation(i)["cluster"] for i in range(len(texts))}) > 1
-    results: dict[int, Predictions] = {}
-    start = threading.Barrier(len(texts))
-
-    def ask(i: int) -> None:
-        start.wait()
-        results[i] = batched.predict_full([texts[i]])
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = ask_at_once(batched, texts)
     for i, text in enumerate(texts):
         assert results[i].explanation(0) == expected.explanation(i), text
         assert results[i].tier_allowed(0) == expected.tier_allowed(i)

@@ -62,3 +62,28 @@ def test_expected_prices() -> None:
     prices = np.array([[1e-6, 2e-6, 1e-5], [2e-6, 4e-6, 3e-5]])
     out = expected_prices(np.array([100.0]), np.array([[10.0, 20.0, 30.0]]), prices)
     assert out[0].tolist() == pytest.approx([100e-6 + 20e-6, 200e-6 + 80e-6, 1e-3 + 9e-4])
+
+
+def test_a_cluster_is_checkable_only_where_checked_answers_are_the_bulk() -> None:
+    """Cluster near e1: 12 checked (scored) rows among 60; near e2: 40 checked of 40. Only the
+    second is checkable (12 >= min_recorded 10, but 12 < half of 60)."""
+    rng = np.random.default_rng(2)
+    a = np.array([1.0, 0.0, 0.0]) + rng.normal(0, 0.01, (60, 3))
+    b = np.array([0.0, 1.0, 0.0]) + rng.normal(0, 0.01, (40, 3))
+    x = np.vstack([a, b])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    correct = np.tile([1.0, np.nan, 1.0], (100, 1))
+    correct[::3, 0] = 0.0
+    table = fit_table(x, correct, np.full((100, 3), 10.0), 2, shrinkage=5.0, min_recorded=10,
+                      seed=0)
+    checked = np.zeros(100, dtype=bool)
+    checked[:12] = True
+    checked[60:] = True
+    scores = np.where(np.isfinite(correct), 0.8, np.nan)
+    table = table.with_checks(table.clusters_of(x), scores, correct, [0.5], checked)
+    found = table.lookup(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
+    assert found.check is not None
+    assert found.check.checkable.tolist() == [False, True]
+    # every scored answer scores 0.8 >= 0.5: all pass, right or wrong (tpr = fpr = 1)
+    assert found.check.tpr[1, 0, 0] == pytest.approx(1.0)
+    assert found.check.fpr[1, 0, 0] == pytest.approx(1.0)
